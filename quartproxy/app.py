@@ -1,0 +1,510 @@
+"""HTTP routes: the OpenAI surface, probes, CORS, auth and error envelopes.
+
+Routes stay thin: parse, authorise, validate, admit, then hand the request to a
+:class:`~quartproxy.relay.Relay` and render its :class:`~quartproxy.completion.Completion`. The
+admission order is the spec's: parse -> auth -> validate -> rate limit -> slot -> spawn.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import trio
+import trio_util
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
+
+from . import child, errors
+from .admission import Admission
+from .asgi import Exchange, ExchangeConnection, current_exchange
+from .completion import Completion
+from .config import Settings
+from .errors import ApiError
+from .lifecycle import Lifecycle
+from .models import ModelCatalog
+from .observability import Metrics, UsageLog, read_usage, utc_now_iso, write_access
+from .ratelimit import RateLimiter
+from .relay import Relay, Timing
+from .render import StreamRenderer, json_body
+from .validation import CompletionRequest, parse_chat, parse_legacy
+
+log = logging.getLogger("quartproxy.app")
+
+JSON_TYPE = "application/json"
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache, no-transform",
+    "X-Accel-Buffering": "no",
+}
+DEFAULT_ALLOW_HEADERS = (
+    "Authorization, Content-Type, Accept, OpenAI-Organization, OpenAI-Project, OpenAI-Beta, "
+    "X-Stainless-Lang, X-Stainless-Package-Version, X-Stainless-OS, X-Stainless-Arch, "
+    "X-Stainless-Runtime, X-Stainless-Runtime-Version, X-Stainless-Retry-Count, "
+    "X-Stainless-Timeout, X-Stainless-Async, X-Stainless-Helper-Method, X-Request-Id, "
+    "X-No-Keepalive"
+)
+EXPOSE_HEADERS = "X-Request-Id, Retry-After, X-Conc-Before, X-Conc-After, X-Conc-Limit"
+KEEPALIVE_OPT_OUT_AGENTS = ("obsidian", "electron")
+
+
+class ProxyApp(QuartTrio):
+    asgi_http_class = ExchangeConnection
+    state: AppState
+
+    def exchange_finished(self, exchange: Exchange) -> None:
+        self.state.exchange_finished(exchange)
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    lifecycle: Lifecycle
+    catalog: ModelCatalog
+    admission: Admission
+    limiter: RateLimiter
+    metrics: Metrics
+    usage_log: UsageLog
+    api_keys: list[bytes]
+    child_env: dict[str, str]
+    background: trio.Nursery | None = None
+    # Children alive right now; an AsyncValue so tests and shutdown can wait for "0" exactly.
+    live: trio_util.AsyncValue[int] = field(default_factory=lambda: trio_util.AsyncValue(0))
+
+    def exchange_finished(self, exchange: Exchange) -> None:
+        fields = exchange.access_fields()
+        write_access(fields)
+        route = exchange.route or "unmatched"
+        self.metrics.requests.labels(route, str(fields["status"])).inc()
+        self.metrics.latency.labels(route).observe(fields["dur_ms"] / 1000)
+
+
+def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(payload), status=status, headers=headers, content_type=JSON_TYPE)
+
+
+def error_response(error: ApiError) -> Response:
+    return Response(
+        error.body(), status=error.status, headers=error.headers, content_type=JSON_TYPE
+    )
+
+
+def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ProxyApp:
+    app = ProxyApp(__name__)
+    app.config["RESPONSE_TIMEOUT"] = None  # our own timers end streams, with [DONE]
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["BODY_TIMEOUT"] = max(60, settings.timeout_ms / 1000)
+    keys = settings.api_keys
+    state = AppState(
+        settings=settings,
+        lifecycle=lifecycle or Lifecycle(),
+        catalog=ModelCatalog(settings),
+        admission=Admission(settings),
+        limiter=RateLimiter(settings),
+        metrics=Metrics(),
+        usage_log=UsageLog(settings.token_log_path),
+        api_keys=[key.encode() for key in keys],
+        child_env=child.child_env(settings),
+    )
+    app.state = state
+    lc = state.lifecycle
+
+    @app.before_serving
+    async def _start() -> None:
+        child.prepare_dirs(settings)
+        await app.nursery.start(state.usage_log.run)
+        state.background = app.nursery if not settings.kill_on_disconnect else None
+
+    @app.after_serving
+    async def _stop() -> None:
+        state.usage_log.close()
+
+    # ------------------------------------------------------------------ cross-cutting
+
+    def cors_headers() -> dict[str, str]:
+        if not settings.enable_cors:
+            return {}
+        origins = settings.cors_origins
+        origin = request.headers.get("Origin")
+        headers = {
+            "Access-Control-Allow-Methods": "GET, POST, HEAD, OPTIONS",
+            "Access-Control-Allow-Headers": request.headers.get(
+                "Access-Control-Request-Headers", DEFAULT_ALLOW_HEADERS
+            ),
+            "Access-Control-Max-Age": "600",
+            "Access-Control-Expose-Headers": EXPOSE_HEADERS,
+        }
+        if origin:
+            if "*" in origins or origin in origins:
+                headers["Access-Control-Allow-Origin"] = origin
+                headers["Vary"] = "Origin"
+        elif "*" in origins:
+            headers["Access-Control-Allow-Origin"] = "*"
+        return headers
+
+    @app.before_request
+    async def _before() -> Response | None:
+        exchange = current_exchange()
+        rule = request.url_rule
+        exchange.route = rule.rule if rule is not None else None
+        if request.method == "OPTIONS":
+            return Response(b"", status=204)
+        return None
+
+    @app.after_request
+    async def _after(response: Response) -> Response:
+        exchange = current_exchange()
+        for key, value in cors_headers().items():
+            response.headers[key] = value
+        response.headers["X-Request-Id"] = exchange.request_id
+        conc = exchange.extra.get("conc")
+        if conc is not None and settings.test_endpoints:
+            for key, value in conc.items():
+                response.headers[key] = str(value)
+        return response
+
+    @app.errorhandler(ApiError)
+    async def _api_error(error: ApiError) -> Response:
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        if isinstance(error, MethodNotAllowed):
+            return error_response(errors.method_not_allowed(sorted(error.valid_methods or [])))
+        if isinstance(error, RequestEntityTooLarge) or status == 413:
+            return error_response(errors.too_large(settings.max_body_bytes))
+        if status == 404:
+            return error_response(
+                errors.not_found(f"Unknown path {request.path}.", "not_found")
+            )
+        if status == 400:
+            return error_response(errors.invalid(error.description or "Bad request."))
+        return error_response(
+            ApiError(status, error.description or "HTTP error", "invalid_request_error",
+                     (error.name or "error").lower().replace(" ", "_"))
+        )
+
+    @app.errorhandler(Exception)
+    async def _unexpected(error: Exception) -> Response:
+        log.exception("unhandled error", extra={"req_id": current_exchange().request_id})
+        return error_response(errors.internal())
+
+    def authorise() -> str:
+        """The caller's key if it matches a configured key (constant time), else 401."""
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        exchange = current_exchange()
+        exchange.auth = "present" if header else "none"
+        if scheme.lower() != "bearer" or not token.strip():
+            raise errors.unauthorized()
+        supplied = token.strip().encode()
+        matched = False
+        for key in state.api_keys:
+            matched |= hmac.compare_digest(supplied, key)
+        if not matched:
+            raise errors.unauthorized()
+        return token.strip()
+
+    async def read_json() -> Any:
+        data = await request.get_data(cache=False, as_text=False)
+        if not data:
+            raise errors.invalid_json("The request body is empty; send a JSON object.")
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise errors.invalid_json(f"The request body is not valid JSON: {exc}.") from None
+
+    # ------------------------------------------------------------------ probes
+
+    @app.route("/healthz", methods=["GET"])
+    async def healthz() -> Response:
+        return _json({"ok": True, "sandbox_mode": settings.sandbox_mode})
+
+    @app.route("/readyz", methods=["GET"])
+    async def readyz() -> Response:
+        reasons: list[str] = []
+        if lc.is_draining:
+            reasons.append("draining")
+        try:
+            child.resolve_executable(settings)
+        except child.SpawnError as exc:
+            reasons.append(str(exc))
+        for name, path in (("CODEX_HOME", settings.codex_home),
+                           ("PROXY_CODEX_WORKDIR", settings.codex_workdir)):
+            if not (path.is_dir() and os.access(path, os.W_OK)):
+                reasons.append(f"{name} ({path}) is not a writable directory")
+        if reasons:
+            return _json({"ok": False, "reasons": reasons}, 503)
+        return _json({"ok": True})
+
+    # ------------------------------------------------------------------ models
+
+    def models_auth() -> None:
+        if settings.protect_models:
+            authorise()
+
+    @app.route("/v1/models", methods=["GET"], strict_slashes=False)
+    async def list_models() -> Response:
+        models_auth()
+        data = [state.catalog.model_object(model) for model in state.catalog.listed()]
+        return _json({"object": "list", "data": data})
+
+    @app.route("/v1/models/<path:model_id>", methods=["GET"])
+    async def get_model(model_id: str) -> Response:
+        models_auth()
+        return _json(state.catalog.lookup(model_id))
+
+    # ------------------------------------------------------------------ usage
+
+    @app.route("/v1/usage", methods=["GET"])
+    async def usage_summary() -> Response:
+        authorise()
+        return _json(await _usage_aggregate())
+
+    @app.route("/v1/usage/raw", methods=["GET"])
+    async def usage_raw() -> Response:
+        authorise()
+        try:
+            limit = int(request.args.get("limit", "100"))
+        except ValueError:
+            raise errors.invalid("'limit' must be an integer.", "limit") from None
+        limit = max(1, min(limit, 10_000))
+        records = await trio.to_thread.run_sync(read_usage, settings.token_log_path)
+        return _json({"object": "list", "data": records[-limit:]})
+
+    async def _usage_aggregate() -> dict[str, Any]:
+        group = request.args.get("group", "day")
+        if group not in ("hour", "day"):
+            raise errors.invalid("'group' must be 'hour' or 'day'.", "group")
+        start, end = request.args.get("start"), request.args.get("end")
+        records = await trio.to_thread.run_sync(read_usage, settings.token_log_path)
+        width = 13 if group == "hour" else 10
+        buckets: dict[str, dict[str, int]] = {}
+        for record in records:
+            ts = str(record.get("ts", ""))
+            if (start and ts < start) or (end and ts >= end):
+                continue
+            bucket = buckets.setdefault(
+                ts[:width],
+                {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+            )
+            bucket["requests"] += 1
+            for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+                value = record.get(key)
+                if isinstance(value, int):
+                    bucket[key] += value
+        data = [{"period": key, **value} for key, value in sorted(buckets.items())]
+        return {"object": "list", "group": group, "data": data}
+
+    # ------------------------------------------------------------------ metrics, test hooks
+
+    @app.route("/metrics", methods=["GET"])
+    async def metrics() -> Response:
+        state.metrics.active_streams.set(state.admission.counts.streams)
+        return Response(
+            state.metrics.exposition(), content_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    if settings.test_endpoints:
+
+        @app.route("/__test/conc", methods=["GET"])
+        async def test_conc() -> Response:
+            counts = state.admission.counts
+            return _json({
+                "streams": counts.streams, "children": counts.children,
+                "stream_limit": state.admission.stream_limit,
+                "child_limit": state.admission.child_limit,
+            })
+
+    # ------------------------------------------------------------------ completions
+
+    @app.route("/v1/chat/completions", methods=["HEAD"])
+    @app.route("/v1/completions", methods=["HEAD"])
+    async def completion_probe() -> Response:
+        return Response(b"", status=200, content_type=JSON_TYPE)
+
+    @app.route("/v1/chat/completions", methods=["POST"])
+    async def chat_completions() -> Response:
+        return await complete(legacy=False)
+
+    @app.route("/v1/completions", methods=["POST"])
+    async def legacy_completions() -> Response:
+        return await complete(legacy=True)
+
+    def keepalive_seconds() -> float:
+        if settings.sse_keepalive_ms <= 0:
+            return 0.0
+        agent = request.headers.get("User-Agent", "").lower()
+        if any(marker in agent for marker in KEEPALIVE_OPT_OUT_AGENTS):
+            return 0.0
+        if request.headers.get("X-No-Keepalive", "").strip() in ("1", "true"):
+            return 0.0
+        if request.args.get("no_keepalive", "") in ("1", "true"):
+            return 0.0
+        return settings.sse_keepalive_ms / 1000
+
+    async def complete(*, legacy: bool) -> Response:
+        exchange = current_exchange()
+        if lc.is_draining:
+            exchange.outcome = "shutdown"
+            raise errors.shutting_down()
+        body = await read_json()
+        key = authorise()
+        parse = parse_legacy if legacy else parse_chat
+        req = parse(body, state.catalog, max_prompt_tokens=settings.max_prompt_tokens)
+        exchange.stream = req.stream
+        exchange.model = req.model
+        state.limiter.check(key)
+        before = state.admission.counts.streams if req.stream else state.admission.counts.children
+        limit = state.admission.stream_limit if req.stream else state.admission.child_limit
+        try:
+            slot = await state.admission.acquire(req.stream)
+        except ApiError as exc:
+            state.metrics.rejections.labels(exc.code or "rejected").inc()
+            exchange.extra["conc"] = {
+                "X-Conc-Before": before, "X-Conc-After": before, "X-Conc-Limit": limit,
+            }
+            raise
+        exchange.slots.append(slot)
+        exchange.extra["conc"] = {
+            "X-Conc-Before": before, "X-Conc-After": before + 1, "X-Conc-Limit": limit,
+        }
+        return await start_relay(exchange, req, slot)
+
+    async def start_relay(exchange: Exchange, req: CompletionRequest, slot: Any) -> Response:
+        completion_id = ("cmpl-" if req.legacy else "chatcmpl-") + secrets.token_hex(12)
+        created = int(time.time())
+        try:
+            program = child.resolve_executable(settings)
+        except child.SpawnError as exc:
+            record_spawn_failure(exchange, req)
+            raise errors.backend_unavailable(str(exc)) from None
+        launch = child.Launch(
+            argv=child.build_argv(settings, program, req.effective_model, req.effort),
+            env=state.child_env,
+            cwd=settings.codex_workdir,
+        )
+        renderer = (
+            StreamRenderer(
+                legacy=req.legacy, completion_id=completion_id, created=created,
+                model=req.model, include_usage=req.include_usage,
+            )
+            if req.stream else None
+        )
+        completion = Completion(
+            stream=req.stream, prompt_chars=len(req.prompt), max_tokens=req.max_tokens
+        )
+        timing = Timing(
+            total=settings.timeout_ms / 1000,
+            idle=(settings.stream_idle_timeout_ms if req.stream else settings.proto_idle_ms) / 1000,
+            early_finalize=settings.nonstream_truncate_after_ms / 1000,
+            keepalive=keepalive_seconds() if req.stream else 0.0,
+            kill_grace=settings.child_kill_grace_ms / 1000,
+        )
+
+        def on_done(relay: Relay) -> None:
+            slot.release()
+            state.metrics.live_children.dec()
+            state.live.value -= 1
+            record_usage(exchange, req, relay)
+
+        relay = Relay(
+            request_id=exchange.request_id,
+            prompt=req.prompt,
+            completion=completion,
+            launch=launch,
+            timing=timing,
+            lifecycle=lc,
+            renderer=renderer,
+            on_done=on_done,
+            background=state.background,
+        )
+        assert exchange.nursery is not None
+        try:
+            await exchange.nursery.start(relay.run)
+        except child.SpawnError as exc:
+            record_spawn_failure(exchange, req)
+            raise errors.backend_unavailable(str(exc)) from None
+        state.metrics.live_children.inc()
+        state.live.value += 1
+        exchange.slots.remove(slot)  # the relay releases it once the child is reaped
+        exchange.extra["relay"] = relay
+        if renderer is not None and relay.outbox is not None:
+            response = Response(relay.outbox, status=200, headers=SSE_HEADERS)
+            response.timeout = None
+            return response
+        await relay.decided.wait()
+        error = completion.error
+        if error is not None:
+            return error_response(error)
+        return _json(json_body(
+            completion, legacy=req.legacy, completion_id=completion_id, created=created,
+            model=req.model,
+        ))
+
+    def record_spawn_failure(exchange: Exchange, req: CompletionRequest) -> None:
+        for slot in exchange.slots:
+            slot.release()  # before the 503 goes out, so a retry finds the slot free
+        exchange.outcome = "error"
+        state.metrics.child_exits.labels("spawn_failed").inc()
+
+    def record_usage(exchange: Exchange, req: CompletionRequest, relay: Relay) -> None:
+        completion = relay.completion
+        usage = completion.usage()
+        cause = completion.end_cause
+        if relay.client_gone:
+            outcome = "client_disconnect"
+        elif cause is not None and cause.value in ("timeout", "idle", "early_finalize"):
+            outcome = "timeout"
+        elif cause is not None and cause.value == "shutdown":
+            outcome = "shutdown"
+        elif completion.error is not None:
+            outcome = "error"
+        else:
+            outcome = "ok"
+        exchange.outcome = outcome
+        if relay.exit is not None:
+            state.metrics.child_exits.labels(relay.exit.cause).inc()
+        error = completion.error
+        status = error.status if error is not None else 200
+        if relay.first_text_at is not None:
+            state.metrics.ttft.observe(relay.first_text_at - relay.started_at)
+        now = trio.current_time()
+        if usage.source == "estimate":
+            log.info("usage estimated (no token_count from codex)",
+                     extra={"req_id": exchange.request_id})
+        if completion.codex_error:
+            log.warning("codex error: %s", completion.codex_error.splitlines()[0][:300],
+                        extra={"req_id": exchange.request_id})
+        state.usage_log.record({
+            "ts": utc_now_iso(),
+            "req_id": exchange.request_id,
+            "route": exchange.route,
+            "model": req.model,
+            "effective_model": req.effective_model,
+            "stream": req.stream,
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
+            "counts_source": usage.source,
+            "finish_reason": completion.finish_reason,
+            "outcome": outcome,
+            "duration_ms": round((now - relay.started_at) * 1000, 1),
+            "ttft_ms": (
+                round((relay.first_text_at - relay.started_at) * 1000, 1)
+                if relay.first_text_at is not None else None
+            ),
+            "status": status,
+            "user_agent": exchange.user_agent,
+            "child_exit": relay.exit.cause if relay.exit is not None else None,
+        })
+
+    return app

@@ -1,0 +1,128 @@
+"""One nursery per HTTP request, shared by the handler and the response body.
+
+quart-trio already runs a request's handler *and* the sending of its response inside one nursery
+that it cancels when the client disconnects. :class:`ExchangeConnection` keeps that structure and
+exposes the nursery to the handler through :class:`Exchange`, so the handler can start the child
+and its helpers in it with ``nursery.start``. Consequences, all deliberate:
+
+* the child outlives the handler's ``return`` (a stream's body is sent after it) but never the
+  request: the nursery cannot exit before the child is reaped;
+* a disconnect cancels the child's tasks exactly like it cancels the body — no "request body
+  finished" heuristics;
+* the access log is written once, after the nursery has exited, with the real final status.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, ASGISendEvent
+from quart_trio.asgi import TrioASGIHTTPConnection
+
+from .admission import Slot
+from .observability import utc_now_iso
+
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+
+
+@dataclass
+class Exchange:
+    """What one HTTP request accumulates for its logs, metrics and cleanup."""
+
+    request_id: str
+    method: str
+    path: str
+    user_agent: str
+    nursery: trio.Nursery | None = None
+    started: float = field(default_factory=time.perf_counter)
+    route: str | None = None
+    status: int | None = None
+    first_byte_at: float | None = None
+    stream: bool = False
+    model: str | None = None
+    outcome: str = "ok"
+    auth: str = "none"
+    slots: list[Slot] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def access_fields(self) -> dict[str, Any]:
+        now = time.perf_counter()
+        status = self.status if self.status is not None else 499
+        outcome = self.outcome
+        if self.status is None:
+            outcome = "client_disconnect"
+        elif outcome == "ok" and status >= 400:
+            outcome = "error"
+        return {
+            "ts": utc_now_iso(),
+            "level": "info",
+            "req_id": self.request_id,
+            "method": self.method,
+            "route": self.route or self.path,
+            "status": status,
+            "dur_ms": round((now - self.started) * 1000, 1),
+            "ttfb_ms": (
+                round((self.first_byte_at - self.started) * 1000, 1)
+                if self.first_byte_at is not None
+                else None
+            ),
+            "stream": self.stream,
+            "model": self.model,
+            "outcome": outcome,
+            "ua": self.user_agent,
+            "auth": self.auth,
+        }
+
+
+_current: contextvars.ContextVar[Exchange] = contextvars.ContextVar("quartproxy_exchange")
+
+
+def current_exchange() -> Exchange:
+    return _current.get()
+
+
+def _header(scope: Any, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+class ExchangeConnection(TrioASGIHTTPConnection):
+    async def __call__(self, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        scope = self.scope
+        supplied = _header(scope, b"x-request-id")
+        exchange = Exchange(
+            request_id=supplied if supplied and REQUEST_ID_RE.match(supplied) else uuid.uuid4().hex,
+            method=scope.get("method", "GET"),
+            path=scope.get("path", "/"),
+            user_agent=(_header(scope, b"user-agent") or "")[:200],
+        )
+        token = _current.set(exchange)
+
+        async def tracking_send(message: ASGISendEvent) -> None:
+            if message["type"] == "http.response.start":
+                exchange.status = message["status"]
+            elif message["type"] == "http.response.body" and exchange.first_byte_at is None:
+                exchange.first_byte_at = time.perf_counter()
+            await send(message)
+
+        request = self._create_request_from_scope(tracking_send)
+        try:
+            async with trio.open_nursery() as nursery:
+                exchange.nursery = nursery
+                nursery.start_soon(self.handle_messages, nursery, request, receive)
+                nursery.start_soon(self.handle_request, nursery, request, tracking_send)
+        finally:
+            for slot in exchange.slots:
+                slot.release()
+            _current.reset(token)
+            finished = getattr(self.app, "exchange_finished", None)
+            if finished is not None:
+                finished(exchange)

@@ -1,0 +1,120 @@
+"""`quartproxy` command line: `serve` (the proxy) and `backup` (CODEX_HOME archives)."""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from .config import Settings, SettingsError, env_names, load_settings
+
+# flag -> (settings field, argparse kwargs)
+SERVE_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "--host": ("host", {}),
+    "--port": ("port", {"type": int}),
+    "--demo": ("demo", {"action": "store_const", "const": True}),
+    "--codex-bin": ("codex_bin", {}),
+    "--codex-home": ("codex_home", {}),
+    "--workdir": ("codex_workdir", {}),
+    "--model": ("codex_model", {}),
+    "--provider": ("force_provider", {}),
+    "--sandbox-mode": ("sandbox_mode", {}),
+    "--api-key": ("api_key", {}),
+    "--env": ("env", {}),
+    "--log-format": ("log_format", {}),
+    "--timeout-ms": ("timeout_ms", {"type": int}),
+    "--keepalive-ms": ("sse_keepalive_ms", {"type": int}),
+    "--nonstream-truncate-after-ms": ("nonstream_truncate_after_ms", {"type": int}),
+    "--shutdown-grace-ms": ("shutdown_grace_ms", {"type": int}),
+    "--sse-max-concurrency": ("sse_max_concurrency", {"type": int}),
+    "--max-concurrency": ("max_concurrency", {"type": int}),
+    "--redis-url": ("redis_url", {}),
+}
+
+
+def settings_table() -> str:
+    lines = ["settings (env var, default: meaning; flags above win over env and .env):"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = "(generated)" if name == "api_key" else repr(str(default))
+        env = " / ".join(env_names(name))
+        lines.append(f"  {env} = {shown}: {field.description}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="quartproxy",
+        description="OpenAI Chat Completions-compatible HTTP proxy in front of `codex proto`.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser(
+        "serve",
+        help="run the HTTP server",
+        description="Serve /v1/chat/completions and friends, one codex child per request.",
+        epilog=settings_table(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    for flag, (field, kwargs) in SERVE_FLAGS.items():
+        env = env_names(field)[0]
+        description = Settings.model_fields[field].description
+        serve.add_argument(flag, dest=field, default=None, help=f"{description} [{env}]", **kwargs)
+    backup = sub.add_parser(
+        "backup", help="back up, prune, verify and restore CODEX_HOME (see `backup --help`)",
+        add_help=False,
+    )
+    backup.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .observability import configure_logging
+    from .server import serve
+
+    overrides = {field: getattr(args, field) for _, (field, _) in SERVE_FLAGS.items()}
+    try:
+        settings = load_settings(**overrides)
+    except SettingsError as exc:
+        print(f"quartproxy: {exc}", file=sys.stderr)
+        return 2
+    if not settings.api_keys:
+        generated = secrets.token_urlsafe(24)
+        settings = settings.model_copy(update={"api_key": generated})
+        print(
+            f"quartproxy: PROXY_API_KEY is not set; this run's API key is: {generated}",
+            file=sys.stderr, flush=True,
+        )
+    configure_logging(fmt=settings.log_format, verbose=settings.dev)
+    backend = "demo backend" if settings.demo else f"codex ({settings.codex_bin})"
+
+    def ready(binds: list[str]) -> None:
+        print(f"quartproxy: serving on {', '.join(binds)} with the {backend}",
+              file=sys.stderr, flush=True)
+
+    try:
+        trio.run(lambda: serve(settings, on_ready=ready))
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"quartproxy: cannot serve on {settings.host}:{settings.port}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    from . import backup
+
+    return backup.main(list(args.args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,353 @@
+"""The completion state machine: one per request, sans-io.
+
+Theory of operation
+-------------------
+A request's whole life is a sequence of *inputs* — proto events from the child (:meth:`feed`) and
+ends imposed from outside (:meth:`end`: stdout closed, a deadline, shutdown, the client leaving)
+— and a sequence of *outputs*: :class:`Content` pieces, then exactly one terminal output,
+:class:`Finished` or :class:`Failed` (or nothing at all when the client left). The SSE renderer
+turns outputs into frames as they happen; the JSON renderer reads the final state. Because both
+read this one object, a stream and a non-stream request fed the same events cannot disagree about
+content, finish_reason or usage, except where the spec makes them differ on purpose (below).
+
+Rules kept here (from the spec's lifecycle section):
+
+1. Answer text is the ``agent_message_delta`` text of the *current attempt*. An ``agent_message``
+   adds only what its deltas did not already carry. Several messages in one turn are joined with
+   a blank line.
+2. ``stream_error``/``background_event`` start a new attempt that replays the answer from its
+   start. Non-stream simply forgets the old attempt. A stream cannot take back what it sent, so
+   the new attempt is matched against the sent text: the repeat is swallowed, only text beyond it
+   is sent, and a contradiction ends the stream with ``upstream_retry_diverged``.
+3. If ``agent_message`` contradicts its deltas, a stream keeps what it sent; non-stream answers
+   with the message (the "message wins" rule) — the one deliberate stream/non-stream difference
+   besides rule 2.
+4. ``max_tokens`` is counted with the estimator on the delivered text; crossing it cuts the text
+   at the limit and finishes with ``length``.
+5. Every way a turn can end maps to one terminal output (the finish_reason table): ``stop`` (or
+   the reason task_complete carries) when codex finishes; ``length`` when the turn is cut with
+   answer text in hand (truncation, deadlines, shutdown, max_tokens, an error after text); an
+   error without answer text is :class:`Failed` with the matching status.
+6. After the terminal output the state is frozen: later inputs change nothing. Token counts are
+   kept as soon as they arrive; a later count replaces an earlier one, ``info: null`` is ignored.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+from . import errors
+from .errors import ApiError
+from .protocol import (
+    Counts,
+    Delta,
+    Error,
+    Event,
+    Message,
+    Retry,
+    TaskComplete,
+    TokenCount,
+    TurnAborted,
+)
+from .usage import Usage, make_usage
+
+FINISH_REASONS = frozenset({"stop", "length", "content_filter", "tool_calls"})
+MESSAGE_SEPARATOR = "\n\n"
+
+
+class End(enum.Enum):
+    """Why the I/O layer stopped feeding events."""
+
+    EOF = "eof"  # child's stdout closed (exit or crash) before task_complete
+    TIMEOUT = "timeout"  # PROXY_TIMEOUT_MS
+    IDLE = "idle"  # no stdout event for the idle deadline
+    EARLY_FINALIZE = "early_finalize"  # PROXY_NONSTREAM_TRUNCATE_AFTER_MS
+    SHUTDOWN = "shutdown"  # the server's drain deadline passed
+    DISCONNECT = "disconnect"  # the client went away: nothing more is written
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    error: ApiError
+
+
+Output = Content | Finished | Failed
+
+_PATH_RE = re.compile(r"(?<![\w:/.~-])(?:~|\.{1,2})?/(?:[\w.@+-]+/)*[\w.@+-]+")
+
+
+def backend_message(raw: str) -> str:
+    """codex's error text as a client may see it: first line, filesystem paths removed."""
+    first = next((line.strip() for line in raw.splitlines() if line.strip()), "")
+    first = _PATH_RE.sub("<path>", first)
+    if len(first) > 500:
+        first = first[:497] + "..."
+    return first or "codex reported an error"
+
+
+class _Message:
+    """One assistant message of the current attempt."""
+
+    __slots__ = ("deltas", "final", "length")
+
+    def __init__(self) -> None:
+        self.deltas: list[str] = []
+        self.length = 0
+        self.final: str | None = None
+
+    def delta_text(self) -> str:
+        return "".join(self.deltas)
+
+    def answer(self) -> str:
+        return self.final if self.final is not None else self.delta_text()
+
+
+class Completion:
+    def __init__(self, *, stream: bool, prompt_chars: int, max_tokens: int | None = None) -> None:
+        self.stream = stream
+        self.prompt_chars = prompt_chars
+        self.limit_chars = max_tokens * 4 if max_tokens else None
+        self.counts: Counts | None = None
+        self.outcome: Finished | Failed | None = None
+        self.end_cause: End | None = None
+        self.codex_error: str | None = None  # codex's own text, for logs only
+        self.attempts = 1
+        self._messages: list[_Message] = []
+        # What went out on the wire (stream) / was delivered in this attempt (non-stream).
+        self._sent: list[str] = []
+        self._sent_len = 0
+        # Stream retry bookkeeping: the sent text the new attempt must repeat before going on.
+        self._replay: str | None = None
+        self._replay_pos = 0
+        self._cut_text: str | None = None  # non-stream answer cut at max_tokens
+
+    # ----------------------------------------------------------------------------- queries
+
+    @property
+    def done(self) -> bool:
+        return self.outcome is not None or self.end_cause is End.DISCONNECT
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.outcome.reason if isinstance(self.outcome, Finished) else None
+
+    @property
+    def error(self) -> ApiError | None:
+        return self.outcome.error if isinstance(self.outcome, Failed) else None
+
+    def has_text(self) -> bool:
+        if self.stream:
+            return self._sent_len > 0
+        return any(m.length or m.final for m in self._messages)
+
+    def text(self) -> str:
+        """The answer a non-stream response carries (and what a stream has sent)."""
+        if self.stream:
+            return "".join(self._sent)
+        if self._cut_text is not None:
+            return self._cut_text
+        parts = [answer for m in self._messages if (answer := m.answer())]
+        return MESSAGE_SEPARATOR.join(parts)
+
+    def usage(self) -> Usage:
+        return make_usage(self.counts, self.prompt_chars, len(self.text()))
+
+    # ----------------------------------------------------------------------------- inputs
+
+    def feed(self, event: Event) -> list[Output]:
+        if self.done:
+            return []
+        out: list[Output] = []
+        if isinstance(event, Delta):
+            if event.text:
+                self._add_text(event.text, out, new_message=self._needs_new_message())
+        elif isinstance(event, Message):
+            self._message(event.text, out)
+        elif isinstance(event, TokenCount):
+            if event.counts is not None:
+                self.counts = event.counts
+        elif isinstance(event, Retry):
+            self._new_attempt()
+        elif isinstance(event, Error):
+            self.codex_error = event.message
+            self._terminate_with_text_or(out, errors.backend_error(backend_message(event.message)))
+        elif isinstance(event, TaskComplete):
+            if not self._messages and event.last_message:
+                self._message(event.last_message, out)
+            if not self.done:
+                reason = event.finish_reason or "stop"
+                reason = reason if reason in FINISH_REASONS else "stop"
+                self._finish(reason, out)
+        elif isinstance(event, TurnAborted):
+            self._terminate_with_text_or(
+                out, errors.backend_error(f"codex aborted the turn ({event.reason or 'unknown'})")
+            )
+        return out
+
+    def end(self, cause: End) -> list[Output]:
+        """The I/O layer stopped for ``cause``; produce the terminal output for it."""
+        if self.done:
+            return []
+        self.end_cause = cause
+        out: list[Output] = []
+        if cause is End.DISCONNECT:
+            return out
+        if cause is End.SHUTDOWN:
+            if self.stream or self.has_text():
+                self._finish("length", out)
+            else:
+                self._fail(errors.shutting_down(), out)
+        elif cause is End.EOF:
+            self._terminate_with_text_or(
+                out, errors.backend_error("codex exited before completing the answer.")
+            )
+        elif cause is End.IDLE:
+            self._terminate_with_text_or(
+                out, errors.timeout("idle_timeout", "codex produced no output before the idle "
+                                    "deadline.")
+            )
+        else:  # TIMEOUT, EARLY_FINALIZE
+            self._terminate_with_text_or(
+                out, errors.timeout("request_timeout", "No answer before the request deadline.")
+            )
+        return out
+
+    def abort(self, error: ApiError) -> list[Output]:
+        """End with ``error`` whatever the state (the I/O layer hit a bug, not codex)."""
+        out: list[Output] = []
+        if not self.done:
+            self._fail(error, out)
+        return out
+
+    # ----------------------------------------------------------------------------- text
+
+    def _needs_new_message(self) -> bool:
+        return not self._messages or self._messages[-1].final is not None
+
+    def _add_text(self, text: str, out: list[Output], *, new_message: bool) -> _Message | None:
+        """Append text to the current (or a new) message; ``None`` if the limit cut it first."""
+        if new_message:
+            if self._messages and self._messages[-1].answer():
+                self._deliver(MESSAGE_SEPARATOR, out)
+                if self.done:
+                    return None
+            self._messages.append(_Message())
+        message = self._messages[-1]
+        message.deltas.append(text)
+        message.length += len(text)
+        self._deliver(text, out)
+        return message
+
+    def _message(self, text: str, out: list[Output]) -> None:
+        if self._needs_new_message():
+            # A message with no deltas before it: all of its text is new.
+            if text and (message := self._add_text(text, out, new_message=True)) is not None:
+                message.final = text
+            return
+        message = self._messages[-1]
+        delivered = message.delta_text()
+        if text.startswith(delivered):
+            extra = text[len(delivered):]
+            if extra:
+                message.deltas.append(extra)
+                message.length += len(extra)
+                self._deliver(extra, out)
+        message.final = text
+        if not self.stream and not self.done and self.limit_chars is not None:
+            answer = self.text()
+            if len(answer) > self.limit_chars:
+                self._cut_text = answer[: self.limit_chars]
+                self._finish("length", out)
+
+    def _new_attempt(self) -> None:
+        self.attempts += 1
+        self._messages = []
+        if self.stream:
+            if self._sent_len:
+                self._replay = "".join(self._sent)
+                self._replay_pos = 0
+        else:
+            self._sent = []
+            self._sent_len = 0
+
+    def _deliver(self, text: str, out: list[Output]) -> None:
+        if self._replay is not None:
+            text = self._match_replay(text, out)
+            if not text:
+                return
+        if self.limit_chars is not None and self._sent_len + len(text) >= self.limit_chars:
+            room = self.limit_chars - self._sent_len
+            head = text[:room]
+            if head:
+                self._emit(head, out)
+            if len(text) > room:
+                if not self.stream:
+                    self._cut_text = self._cut_answer()
+                self._finish("length", out)
+            return
+        self._emit(text, out)
+
+    def _cut_answer(self) -> str:
+        answer = MESSAGE_SEPARATOR.join(a for m in self._messages if (a := m.delta_text()))
+        assert self.limit_chars is not None
+        return answer[: self.limit_chars]
+
+    def _match_replay(self, text: str, out: list[Output]) -> str:
+        replay = self._replay
+        assert replay is not None
+        pos = self._replay_pos
+        n = min(len(text), len(replay) - pos)
+        if text[:n] != replay[pos : pos + n]:
+            self._replay = None
+            self._fail(
+                errors.ApiError(
+                    502,
+                    "codex retried the answer and the new attempt differs from the text already "
+                    "streamed; the stream cannot be continued.",
+                    "server_error",
+                    "upstream_retry_diverged",
+                ),
+                out,
+            )
+            return ""
+        self._replay_pos = pos + n
+        if self._replay_pos == len(replay):
+            self._replay = None
+        return text[n:]
+
+    def _emit(self, text: str, out: list[Output]) -> None:
+        self._sent.append(text)
+        self._sent_len += len(text)
+        out.append(Content(text))
+
+    # ----------------------------------------------------------------------------- endings
+
+    def _terminate_with_text_or(self, out: list[Output], error: ApiError) -> None:
+        if self.done:
+            return
+        if self.has_text():
+            self._finish("length", out)
+        else:
+            self._fail(error, out)
+
+    def _finish(self, reason: str, out: list[Output]) -> None:
+        if self.outcome is None:
+            self.outcome = Finished(reason)
+            out.append(self.outcome)
+
+    def _fail(self, error: ApiError, out: list[Output]) -> None:
+        if self.outcome is None:
+            self.outcome = Failed(error)
+            out.append(self.outcome)

@@ -1,0 +1,189 @@
+"""Logs, usage records and metrics.
+
+* Access log: one line per finished or aborted HTTP request on stdout (JSON by default), never
+  the key, never the prompt.
+* Usage records: one NDJSON line per request that spawned a child, appended by a single writer
+  task in a worker thread, so a slow disk never stalls the event loop and concurrent requests
+  never interleave half lines (each line is one ``write`` on an ``O_APPEND`` descriptor, which
+  also keeps lines whole when several processes share the file).
+* Metrics: prometheus_client, because its text exposition format and histogram maths are not
+  ours to reinvent; each app gets its own registry so tests can run several apps in one process.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+import trio
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+log = logging.getLogger("quartproxy")
+access_logger = logging.getLogger("quartproxy.access")
+
+_RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+
+def utc_now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": utc_now_iso(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _RESERVED and not key.startswith("_"):
+                payload[key] = value
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(payload, default=str).decode()
+
+
+class AccessJsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "fields", {})
+        return orjson.dumps(fields, default=str).decode()
+
+
+class AccessTextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        f: Mapping[str, Any] = getattr(record, "fields", {})
+        return (
+            f'{f.get("ts")} {f.get("req_id")} "{f.get("method")} {f.get("route")}" '
+            f'{f.get("status")} {f.get("dur_ms")}ms stream={f.get("stream")} '
+            f'model={f.get("model")} outcome={f.get("outcome")}'
+        )
+
+
+def configure_logging(*, fmt: str, verbose: bool) -> None:
+    """App logs to stderr, the access log to stdout; both JSON unless ``fmt == "text"``."""
+    root = logging.getLogger("quartproxy")
+    root.handlers.clear()
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+    err = logging.StreamHandler(sys.stderr)
+    err.setFormatter(
+        JsonFormatter() if fmt == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    root.addHandler(err)
+    access_logger.handlers.clear()
+    access_logger.propagate = False
+    access_logger.setLevel(logging.INFO)
+    out = logging.StreamHandler(sys.stdout)
+    out.setFormatter(AccessJsonFormatter() if fmt == "json" else AccessTextFormatter())
+    access_logger.addHandler(out)
+
+
+def write_access(fields: dict[str, Any]) -> None:
+    access_logger.info("access", extra={"fields": fields})
+
+
+class UsageLog:
+    """Appends usage records from one writer task; :meth:`record` never blocks."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._send, self._receive = trio.open_memory_channel[bytes](10_000)
+        self.dropped = 0
+
+    def record(self, fields: dict[str, Any]) -> None:
+        try:
+            self._send.send_nowait(orjson.dumps(fields) + b"\n")
+        except trio.WouldBlock:
+            self.dropped += 1
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self.dropped += 1
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        task_status.started()
+        async with self._receive:
+            while True:
+                try:
+                    first = await self._receive.receive()
+                except trio.EndOfChannel:
+                    return
+                batch = [first]
+                while True:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                await trio.to_thread.run_sync(self._append, b"".join(batch))
+
+    def close(self) -> None:
+        self._send.close()
+
+    def _append(self, data: bytes) -> None:
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:
+            log.warning("cannot open usage log %s: %s", self.path, exc)
+            return
+        try:
+            os.write(fd, data)
+        except OSError as exc:
+            log.warning("cannot write usage log %s: %s", self.path, exc)
+        finally:
+            os.close(fd)
+
+
+def read_usage(path: Path) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return records
+    for line in data.splitlines():
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            records.append(obj)
+    return records
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "quartproxy_requests", "HTTP requests by route and status", ["route", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "quartproxy_request_duration_seconds", "Request duration", ["route"], registry=r,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+        )
+        self.ttft = Histogram(
+            "quartproxy_time_to_first_token_seconds", "Spawn to first answer text", registry=r,
+            buckets=(0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30),
+        )
+        self.active_streams = Gauge("quartproxy_active_streams", "Open streams", registry=r)
+        self.live_children = Gauge("quartproxy_live_children", "Running children", registry=r)
+        self.rejections = Counter(
+            "quartproxy_admission_rejections", "Admission rejections", ["reason"], registry=r
+        )
+        self.child_exits = Counter(
+            "quartproxy_child_exits", "Child exits by cause", ["cause"], registry=r
+        )
+        self.redis_fallback = Gauge(
+            "quartproxy_redis_fallback", "1 while limits are per-process because Redis is down",
+            registry=r,
+        )
+
+    def exposition(self) -> bytes:
+        return bytes(generate_latest(self.registry))

@@ -1,0 +1,239 @@
+"""The `codex proto` wire format, sans-io.
+
+Bytes from the child's stdout go in; typed events come out. Nothing here touches a process or a
+socket, so every quirk of every codex version is unit-tested from captured bytes:
+
+* the envelope is ``{"id": <submission id>, "msg": {"type": ..., ...}}``; the older fake shape
+  ``{"type": ..., "msg": {...}}`` is accepted too;
+* blank lines are skipped, non-JSON lines are skipped (the caller logs them), a partial last line
+  at EOF is dropped (the child died mid-write; half an event is no event);
+* ``token_count`` comes in three real shapes (flat in 0.8–0.29, nested under
+  ``info.total_token_usage`` from 0.34, plus ``info: null`` announcements in 0.42) and one shape
+  from the original product's fakes (``prompt_tokens``/``completion_tokens``); we read all of them
+  and never invent a number that is not there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+# --------------------------------------------------------------------------------------------
+# Events
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Token counts as codex reported them; ``None`` means codex did not say."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cached_input_tokens: int | None = None
+    reasoning_output_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfigured:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCount:
+    counts: Counts | None
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """codex abandoned the current model attempt and starts again from the beginning."""
+
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskComplete:
+    last_message: str | None
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TurnAborted:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Other:
+    """Any event that is not answer text: reasoning, tool activity, unknown types."""
+
+    type: str
+
+
+Event = (
+    SessionConfigured | Delta | Message | TokenCount | Retry | Error | TaskComplete | TurnAborted
+    | Other
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Line splitting
+
+
+class LineBuffer:
+    """Splits a byte stream into complete lines; a trailing partial line waits for more bytes.
+
+    Joining happens only when a line spans reads, so a long stream costs O(bytes), not O(n^2).
+    """
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        self._pending: list[bytes] = []
+
+    def feed(self, data: bytes) -> list[bytes]:
+        if b"\n" not in data:
+            if data:
+                self._pending.append(data)
+            return []
+        lines = data.split(b"\n")
+        if self._pending:
+            self._pending.append(lines[0])
+            lines[0] = b"".join(self._pending)
+            self._pending = []
+        tail = lines.pop()
+        if tail:
+            self._pending.append(tail)
+        return lines
+
+    @property
+    def partial(self) -> bytes:
+        """What is left at EOF: an incomplete line that will be dropped."""
+        return b"".join(self._pending)
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing
+
+
+class NotAnEvent(ValueError):
+    """A stdout line that is not a proto event (logged at debug by the caller, then skipped)."""
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+def _counts_from(fields: dict[str, Any]) -> Counts | None:
+    counts = Counts(
+        input_tokens=_int(fields.get("input_tokens")),
+        output_tokens=_int(fields.get("output_tokens")),
+        cached_input_tokens=_int(fields.get("cached_input_tokens")),
+        reasoning_output_tokens=_int(fields.get("reasoning_output_tokens")),
+    )
+    if counts.input_tokens is None and counts.output_tokens is None:
+        return None
+    return counts
+
+
+def parse_token_count(msg: dict[str, Any]) -> Counts | None:
+    if "info" in msg:
+        info = msg["info"]
+        if not isinstance(info, dict):
+            return None  # 0.42 announces a response with info:null before usage is known
+        for key in ("total_token_usage", "last_token_usage"):
+            usage = info.get(key)
+            if isinstance(usage, dict):
+                return _counts_from(usage)
+        return None
+    flat = _counts_from(msg)
+    if flat is not None:
+        return flat
+    prompt, completion = _int(msg.get("prompt_tokens")), _int(msg.get("completion_tokens"))
+    if prompt is None and completion is None:
+        return None
+    return Counts(input_tokens=prompt, output_tokens=completion)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def parse_line(line: bytes) -> Event | None:
+    """One stdout line to an event; ``None`` for a blank line; :class:`NotAnEvent` for junk."""
+    if not line.strip():
+        return None
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise NotAnEvent(f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise NotAnEvent("not a JSON object")
+    msg = obj.get("msg")
+    if not isinstance(msg, dict):
+        msg = obj
+    kind = msg.get("type")
+    if not isinstance(kind, str):
+        kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise NotAnEvent("no event type")
+    return _event(kind, msg)
+
+
+def _event(kind: str, msg: dict[str, Any]) -> Event:
+    if kind == "agent_message_delta":
+        return Delta(_text(msg.get("delta")))
+    if kind == "agent_message":
+        return Message(_text(msg.get("message")))
+    if kind == "token_count":
+        return TokenCount(parse_token_count(msg))
+    if kind in ("stream_error", "background_event"):
+        return Retry(_text(msg.get("message")))
+    if kind == "error":
+        return Error(_text(msg.get("message")))
+    if kind == "task_complete":
+        last = msg.get("last_agent_message")
+        reason = msg.get("finish_reason")
+        return TaskComplete(
+            last if isinstance(last, str) else None,
+            reason if isinstance(reason, str) else None,
+        )
+    if kind == "turn_aborted":
+        return TurnAborted(_text(msg.get("reason")))
+    if kind == "session_configured":
+        return SessionConfigured()
+    return Other(kind)
+
+
+# --------------------------------------------------------------------------------------------
+# What we send
+
+
+def submission(request_id: str, prompt: str) -> bytes:
+    """The one ``user_input`` line a child ever gets (a second one corrupts codex's turn)."""
+    return orjson.dumps(
+        {
+            "id": request_id,
+            "op": {"type": "user_input", "items": [{"type": "text", "text": prompt}]},
+        }
+    ) + b"\n"
+
+
+def interrupt(request_id: str) -> bytes:
+    return orjson.dumps({"id": f"{request_id}-interrupt", "op": {"type": "interrupt"}}) + b"\n"

@@ -1,0 +1,99 @@
+"""Running the app under Hypercorn's trio worker, and graceful shutdown.
+
+Shutdown is trio cancellation driven by two events on :class:`~quartproxy.lifecycle.Lifecycle`:
+
+1. first SIGTERM/SIGINT: ``draining`` is set (``/readyz`` 503, new completions 503) and Hypercorn's
+   shutdown trigger fires, so listeners close and idle keep-alive connections end;
+2. after ``PROXY_SHUTDOWN_GRACE_MS`` — or at once on a second signal — ``finalize_now`` is set:
+   every relay stops reading, writes its last frames (finish ``length``, usage, ``[DONE]``) and
+   reaps its child;
+3. Hypercorn's own ``graceful_timeout`` is set past that point (grace + child kill grace + a
+   margin), so it never cuts a response that is busy finishing.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from .app import ProxyApp, create_app
+from .config import Settings
+from .lifecycle import Lifecycle
+
+log = logging.getLogger("quartproxy.server")
+
+FLUSH_MARGIN_S = 1.0
+
+
+def hypercorn_config(settings: Settings) -> HypercornConfig:
+    config = HypercornConfig()
+    host = settings.host
+    config.bind = [f"[{host}]:{settings.port}" if ":" in host else f"{host}:{settings.port}"]
+    config.accesslog = None  # we write our own access log with request ids and outcomes
+    config.errorlog = logging.getLogger("quartproxy.hypercorn")
+    config.graceful_timeout = (
+        settings.shutdown_grace_ms + settings.child_kill_grace_ms
+    ) / 1000 + FLUSH_MARGIN_S
+    config.keep_alive_timeout = 75
+    config.h11_max_incomplete_size = 64 * 1024
+    config.include_server_header = False
+    return config
+
+
+async def serve(
+    settings: Settings,
+    *,
+    on_ready: Callable[[list[str]], None] | None = None,
+    lifecycle: Lifecycle | None = None,
+    handle_signals: bool = True,
+    app_ready: Callable[[ProxyApp], None] | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    lifecycle = lifecycle or Lifecycle()
+    app = create_app(settings, lifecycle)
+    if app_ready is not None:
+        app_ready(app)
+    config = hypercorn_config(settings)
+    grace_s = settings.shutdown_grace_ms / 1000
+
+    async def shutdown_trigger() -> None:
+        await lifecycle.draining.wait()
+
+    async def grace_timer() -> None:
+        await lifecycle.draining.wait()
+        log.info("draining: grace %.1fs before in-flight requests are finalized", grace_s)
+        with trio.move_on_after(grace_s):
+            await lifecycle.finalize_now.wait()
+        lifecycle.finalize()
+
+    async def signals() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+            async for signum in received:
+                name = signal.Signals(signum).name
+                if not lifecycle.is_draining:
+                    log.info("%s received: shutting down", name)
+                    lifecycle.start_drain()
+                else:
+                    log.info("%s received again: finalizing now", name)
+                    lifecycle.finalize()
+
+    async with trio.open_nursery() as nursery:
+
+        async def run_server(*, task_status: trio.TaskStatus[list[str]]) -> None:
+            await hypercorn_serve(
+                app, config, shutdown_trigger=shutdown_trigger, task_status=task_status
+            )
+            nursery.cancel_scope.cancel()  # the signal watcher and grace timer go with it
+
+        if handle_signals:
+            nursery.start_soon(signals)
+        nursery.start_soon(grace_timer)
+        binds = await nursery.start(run_server)
+        if on_ready is not None:
+            on_ready(binds)
+        task_status.started(binds)

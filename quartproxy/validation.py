@@ -1,0 +1,212 @@
+"""Request bodies to :class:`CompletionRequest`, or a 400 that names the offending field.
+
+Validation is strict about the fields we honour (a wrong type is the client's bug and silently
+coercing it — ``"stream": "false"`` streaming, say — hides it) and lenient about everything else
+(OpenAI clients send many optional fields we have no use for).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from . import errors
+from .models import EFFORTS, ModelCatalog
+from .usage import estimate_tokens
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+NULL_CONTENT_ROLES = frozenset({"assistant", "tool"})
+PART_MARKERS = {
+    "image_url": "[image]",
+    "image": "[image]",
+    "input_image": "[image]",
+    "input_audio": "[audio]",
+    "audio": "[audio]",
+    "file": "[file]",
+    "input_file": "[file]",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionRequest:
+    legacy: bool
+    model: str
+    effective_model: str
+    effort: str | None
+    prompt: str
+    stream: bool
+    include_usage: bool
+    max_tokens: int | None
+    user: str | None
+
+
+def _optional_bool(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise errors.invalid(f"'{name}' must be a boolean.", name)
+    return value
+
+
+def _optional_int(body: dict[str, Any], name: str, minimum: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise errors.invalid(f"'{name}' must be an integer >= {minimum}.", name)
+    return value
+
+
+def _optional_str(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise errors.invalid(f"'{name}' must be a string.", name)
+    return value
+
+
+def _content_text(content: Any, index: int) -> str:
+    param = f"messages[{index}].content"
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise errors.invalid("Message content must be a string, an array of parts, or null.", param)
+    texts: list[str] = []
+    for part in content:
+        if isinstance(part, str):
+            texts.append(part)
+            continue
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise errors.invalid("Each content part must be an object with a 'type'.", param)
+        kind = part["type"]
+        if kind in ("text", "input_text", "output_text"):
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise errors.invalid("A text part needs a string 'text'.", param)
+            texts.append(text)
+        elif kind == "refusal":
+            refusal = part.get("refusal")
+            texts.append(refusal if isinstance(refusal, str) else "")
+        else:
+            texts.append(PART_MARKERS.get(kind, f"[{kind}]"))
+    return "\n".join(texts)
+
+
+def flatten_messages(messages: Any) -> str:
+    """The conversation as codex gets it: one ``[role] text`` block per message."""
+    if not isinstance(messages, list) or not messages:
+        raise errors.invalid("'messages' must be a non-empty array.", "messages")
+    blocks: list[str] = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise errors.invalid("Each message must be an object.", f"messages[{index}]")
+        role = message.get("role")
+        if not isinstance(role, str) or role not in ROLES:
+            raise errors.invalid(
+                f"Invalid role {role!r}; expected one of: {', '.join(sorted(ROLES))}.",
+                f"messages[{index}].role",
+            )
+        content = message.get("content")
+        if content is None:
+            if role not in NULL_CONTENT_ROLES:
+                raise errors.invalid(
+                    f"A {role} message needs content.", f"messages[{index}].content"
+                )
+            text = ""
+        else:
+            text = _content_text(content, index)
+        blocks.append(f"[{role}] {text}")
+    return "\n".join(blocks)
+
+
+def _effort(body: dict[str, Any], alias_effort: str | None) -> str | None:
+    effort: Any = None
+    reasoning = body.get("reasoning")
+    if isinstance(reasoning, dict) and reasoning.get("effort") is not None:
+        effort = reasoning["effort"]
+    elif body.get("reasoning_effort") is not None:
+        effort = body["reasoning_effort"]
+    else:
+        return alias_effort
+    if not isinstance(effort, str) or effort.lower() not in EFFORTS:
+        raise errors.invalid(
+            f"Invalid reasoning effort {effort!r}; expected one of: {', '.join(EFFORTS)}.",
+            "reasoning_effort",
+        )
+    return str(effort.lower())
+
+
+def _common(
+    body: dict[str, Any], catalog: ModelCatalog, prompt: str, *, legacy: bool, max_prompt: int,
+    prompt_param: str,
+) -> CompletionRequest:
+    model_value = body.get("model")
+    if model_value is not None and not isinstance(model_value, str):
+        raise errors.invalid("'model' must be a string.", "model")
+    resolved = catalog.resolve(model_value)
+    stream = _optional_bool(body, "stream")
+    include_usage = False
+    options = body.get("stream_options")
+    if options is not None:
+        if not isinstance(options, dict):
+            raise errors.invalid("'stream_options' must be an object.", "stream_options")
+        include_usage = _optional_bool(options, "include_usage")
+    n = _optional_int(body, "n", 1)
+    if n is not None and n > 1:
+        raise errors.invalid("Only n=1 is supported.", "n")
+    max_tokens = _optional_int(body, "max_completion_tokens", 1)
+    legacy_max = _optional_int(body, "max_tokens", 1)
+    if max_tokens is None:
+        max_tokens = legacy_max
+    reasoning = body.get("reasoning")
+    if reasoning is not None and not isinstance(reasoning, dict):
+        raise errors.invalid("'reasoning' must be an object.", "reasoning")
+    effort = _effort(body, resolved.alias_effort)
+    user = _optional_str(body, "user")
+    if max_prompt > 0 and estimate_tokens(len(prompt)) > max_prompt:
+        raise errors.invalid(
+            f"The prompt is about {estimate_tokens(len(prompt))} tokens, over this server's "
+            f"limit of {max_prompt}.",
+            prompt_param,
+            code="context_length_exceeded",
+        )
+    return CompletionRequest(
+        legacy=legacy,
+        model=resolved.requested,
+        effective_model=resolved.effective,
+        effort=effort,
+        prompt=prompt,
+        stream=stream,
+        include_usage=stream and include_usage,
+        max_tokens=max_tokens,
+        user=user,
+    )
+
+
+def parse_chat(body: Any, catalog: ModelCatalog, *, max_prompt_tokens: int) -> CompletionRequest:
+    if not isinstance(body, dict):
+        raise errors.invalid("The request body must be a JSON object.")
+    prompt = flatten_messages(body.get("messages"))
+    return _common(
+        body, catalog, prompt, legacy=False, max_prompt=max_prompt_tokens, prompt_param="messages"
+    )
+
+
+def parse_legacy(body: Any, catalog: ModelCatalog, *, max_prompt_tokens: int) -> CompletionRequest:
+    if not isinstance(body, dict):
+        raise errors.invalid("The request body must be a JSON object.")
+    raw = body.get("prompt")
+    if isinstance(raw, str):
+        text = raw
+    elif isinstance(raw, list) and raw and all(isinstance(item, str) for item in raw):
+        text = "\n".join(raw)
+    else:
+        raise errors.invalid("'prompt' must be a non-empty string or array of strings.", "prompt")
+    if not text.strip():
+        raise errors.invalid("'prompt' must not be empty.", "prompt")
+    return _common(
+        body, catalog, f"[user] {text}", legacy=True, max_prompt=max_prompt_tokens,
+        prompt_param="prompt",
+    )
