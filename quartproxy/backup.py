@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import datetime as dt
 import fnmatch
 import gzip
@@ -55,6 +56,12 @@ _ARCHIVE_RE = re.compile(
     + r"$"
 )
 _CHUNK = 1024 * 1024
+# tarfile's extraction filters (PEP 706) exist from Python 3.11.4 on; Debian 12's python3 is
+# 3.11.2. Without them restore applies stricter checks of its own (see _check_member).
+_HAS_DATA_FILTER = hasattr(tarfile, "data_filter")
+_FILTER_ERRORS: tuple[type[Exception], ...] = (
+    (tarfile.FilterError,) if hasattr(tarfile, "FilterError") else ()
+)
 _ROOT_NAMES = frozenset({".", "./", ""})
 
 
@@ -374,7 +381,10 @@ def prune_archives(
 # --------------------------------------------------------------------------- verify / restore
 
 
-def _check_member(member: tarfile.TarInfo) -> None:
+def _check_member(member: tarfile.TarInfo, strict: bool = False) -> None:
+    """Refuse what could land outside the target or is not plain data. ``strict`` also refuses
+    any '..' in a link target: then no chain of links can climb out of the target, which is what
+    tarfile's data filter otherwise checks by resolving the links at extraction time."""
     name = member.name
     where = f"unsafe archive member {name!r}"
     if name.startswith(("/", "\\")) or os.path.isabs(name) or re.match(r"^[A-Za-z]:", name):
@@ -389,6 +399,8 @@ def _check_member(member: tarfile.TarInfo) -> None:
         link = member.linkname
         if link.startswith(("/", "\\")) or os.path.isabs(link):
             raise BackupError(f"{where}: link to absolute path {link!r}")
+        if strict and ".." in PurePosixPath(link.replace("\\", "/")).parts:
+            raise BackupError(f"{where}: '..' in link target {link!r}")
         base = PurePosixPath(name).parent if member.issym() else PurePosixPath(".")
         resolved = os.path.normpath(str(base / link))
         if resolved == ".." or resolved.startswith("../"):
@@ -399,11 +411,13 @@ def _is_root(member: tarfile.TarInfo) -> bool:
     return member.name in _ROOT_NAMES
 
 
-def _read_members(tar: tarfile.TarFile, read_data: bool) -> list[tarfile.TarInfo]:
+def _read_members(
+    tar: tarfile.TarFile, read_data: bool, strict: bool = False
+) -> list[tarfile.TarInfo]:
     members: list[tarfile.TarInfo] = []
     for member in tar:
         if not _is_root(member):
-            _check_member(member)
+            _check_member(member, strict)
         if read_data and member.isreg():
             fh = tar.extractfile(member)
             if fh is not None:
@@ -474,6 +488,24 @@ def _restore_filter(
     return _filter
 
 
+def _sanitized(
+    members: Sequence[tarfile.TarInfo], dir_attrs: dict[str, tuple[int, float]]
+) -> list[tarfile.TarInfo]:
+    """Without the data filter: copies that extract as plain files owned by the current user,
+    with directories kept writable until the end (``_check_member(strict=True)`` ran before)."""
+    out: list[tarfile.TarInfo] = []
+    for member in members:
+        clean = copy.copy(member)
+        clean.uid, clean.gid = os.getuid(), os.getgid()
+        clean.uname = clean.gname = ""
+        clean.mode = member.mode & 0o777
+        if member.isdir():
+            dir_attrs[member.name] = (clean.mode, member.mtime)
+            clean.mode = 0o700
+        out.append(clean)
+    return out
+
+
 def _is_empty_dir(path: Path) -> bool:
     with os.scandir(path) as it:
         return next(it, None) is None
@@ -488,8 +520,6 @@ def _remove(path: Path) -> None:
 
 def restore_archive(archive: Path, codex_home: Path, force: bool = False) -> int:
     """Restore ``archive`` into ``codex_home``; returns the number of entries restored."""
-    if not hasattr(tarfile, "data_filter"):  # pragma: no cover - Python < 3.11.4
-        raise BackupError("safe extraction needs Python >= 3.11.4 (tarfile data filter)")
     if not archive.is_file():
         raise BackupError(f"archive {archive} does not exist")
     target = Path(os.path.abspath(codex_home))
@@ -502,14 +532,18 @@ def restore_archive(archive: Path, codex_home: Path, force: bool = False) -> int
 
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            members = _read_members(tar, read_data=False)  # validates everything first
+            # Validates every member before anything is written.
+            members = _read_members(tar, read_data=False, strict=not _HAS_DATA_FILTER)
             root = next((m for m in members if _is_root(m)), None)
             members = [m for m in members if not _is_root(m)]
             target.mkdir(mode=0o700, parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=".quartproxy-restore-", dir=target))
             try:
                 dir_attrs: dict[str, tuple[int, float]] = {}
-                tar.extractall(staging, members=members, filter=_restore_filter(dir_attrs))
+                if _HAS_DATA_FILTER:
+                    tar.extractall(staging, members=members, filter=_restore_filter(dir_attrs))
+                else:
+                    tar.extractall(staging, members=_sanitized(members, dir_attrs))
                 for old in list(target.iterdir()):
                     if old != staging:
                         _remove(old)
@@ -517,7 +551,7 @@ def restore_archive(archive: Path, codex_home: Path, force: bool = False) -> int
                     os.replace(new, target / new.name)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
-    except tarfile.FilterError as exc:
+    except _FILTER_ERRORS as exc:
         raise BackupError(f"unsafe archive {archive}: {exc}") from exc
     except _UNREADABLE as exc:
         raise BackupError(f"archive {archive} is unreadable: {exc}") from exc

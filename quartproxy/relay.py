@@ -35,6 +35,15 @@ log = logging.getLogger("quartproxy.relay")
 OUTBOX_HIGH_WATER = 1 << 20
 
 
+def _is_cancellation(exc: BaseException) -> bool:
+    """A trio cancellation, bare or grouped by a nursery (strict exception groups)."""
+    if isinstance(exc, trio.Cancelled):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_cancellation(inner) for inner in exc.exceptions)
+    return False
+
+
 class Outbox:
     """Bytes waiting for the client. Iterating yields everything pending as one chunk.
 
@@ -142,17 +151,21 @@ class Relay:
             if self.outbox is not None and self.renderer is not None:
                 self.outbox.push(self.renderer.opening())
             await self._drive(process)
-        except trio.Cancelled:
-            if self.background is not None and not self.completion.done:
+        except BaseException as exc:
+            if not _is_cancellation(exc):
+                if not isinstance(exc, Exception):
+                    raise  # KeyboardInterrupt, SystemExit: not ours to swallow
+                log.exception("relay failed", extra={"req_id": self.request_id})
+                self._deliver(self.completion.abort(errors.internal()))
+            elif self.background is not None and not self.completion.done:
                 # PROXY_KILL_ON_DISCONNECT=false: let the turn finish so its usage is known.
                 detached = True
                 self.client_gone = True
                 self._close_outbox()
                 self.background.start_soon(self._run_detached, process)
-            raise
-        except Exception:
-            log.exception("relay failed", extra={"req_id": self.request_id})
-            self._deliver(self.completion.abort(errors.internal()))
+                raise
+            else:
+                raise
         finally:
             if not detached:
                 await self._finalize(process)

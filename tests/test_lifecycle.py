@@ -1,0 +1,472 @@
+"""Completion lifecycle under failure, over real HTTP with real children (issue: lifecycle).
+
+Every stream read here is run through the contract checker. Timer tests use short deadlines on
+children that are *deterministically* silent (they never write again), so the deadline is the
+only thing that can end them: no test depends on which of two racing events wins.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from quartproxy import contract
+from quartproxy.observability import read_usage
+
+from .conftest import AUTH, Proxy, StartProxy, chat_body, read_stream
+
+pytestmark = pytest.mark.trio
+
+NORMAL_TEXT = "Hello! This is a streamed answer from the fake upstream."
+USAGE = {"include_usage": True}
+
+
+def stream_body(prompt: str, **extra: Any) -> dict[str, Any]:
+    return chat_body(prompt, stream=True, stream_options=USAGE, **extra)
+
+
+def checked(raw: bytes, *, include_usage: bool = True, legacy: bool = False) -> tuple[
+    str, str | None, dict[str, Any] | None
+]:
+    check = contract.check_completion_stream if legacy else contract.check_chat_stream
+    contract.assert_valid(check(raw, include_usage=include_usage))
+    return contract.collect_stream_content(raw)
+
+
+def error_frame(raw: bytes) -> dict[str, Any]:
+    frames = [f.json for f in contract.parse_sse(raw) if isinstance(f.json, dict)]
+    errors = [f["error"] for f in frames if "error" in f]
+    assert len(errors) == 1, raw
+    return errors[0]
+
+
+async def usage_records(proxy: Proxy, count: int) -> list[dict[str, Any]]:
+    """The usage log once ``count`` records are in it (the writer is asynchronous by design)."""
+    await proxy.wait_idle()
+    with trio.fail_after(10):
+        while len(records := read_usage(proxy.settings.token_log_path)) < count:
+            await trio.sleep(0.01)
+    return records
+
+
+# ---------------------------------------------------------------------------- AC2: truncation
+
+
+async def test_truncation_nonstream_is_length_50_times(proxy: Proxy) -> None:
+    async with proxy.client() as client:
+        for _ in range(50):
+            resp = await client.post(
+                "/v1/chat/completions", json=chat_body("SCENARIO=no_complete"), headers=AUTH
+            )
+            assert resp.status_code == 200, resp.text
+            contract.assert_valid(contract.check_chat_json(resp.content))
+            choice = resp.json()["choices"][0]
+            assert choice["finish_reason"] == "length"
+            assert choice["message"]["content"] == "Hello! This is"
+    await proxy.wait_idle()
+
+
+async def test_truncation_stream_is_length_with_usage_50_times(proxy: Proxy) -> None:
+    async with proxy.client() as client:
+        for _ in range(50):
+            _, raw = await read_stream(client, "/v1/chat/completions",
+                                       stream_body("SCENARIO=no_complete"))
+            text, finish, usage = checked(raw)
+            assert (text, finish) == ("Hello! This is", "length")
+            assert usage is not None and usage["completion_tokens"] == 4  # estimated: 14 chars
+    await proxy.wait_idle()
+
+
+async def test_crash_without_text(proxy: Proxy) -> None:
+    async with proxy.client() as client:
+        resp = await client.post("/v1/chat/completions",
+                                 json=chat_body("SCENARIO=crash_immediately"), headers=AUTH)
+        _, raw = await read_stream(client, "/v1/chat/completions",
+                                   stream_body("SCENARIO=crash_immediately"))
+    assert resp.status_code == 502 and resp.json()["error"]["code"] == "backend_error"
+    checked(raw)
+    assert error_frame(raw)["code"] == "backend_error"
+
+
+# ---------------------------------------------------------------------------- AC3: usage timing
+
+
+async def test_finish_usage_done_leave_in_one_write(proxy: Proxy) -> None:
+    """At task_complete the finish chunk, the usage chunk and [DONE] are one socket write."""
+    writes: list[bytes] = []
+    async with proxy.client() as client:
+        async with client.stream("POST", "/v1/chat/completions", headers=AUTH,
+                                 json=stream_body("SCENARIO=slow DELTAS=3 DELAY_MS=30")) as resp:
+            async for chunk in resp.aiter_raw():
+                writes.append(chunk)
+    raw = b"".join(writes)
+    checked(raw)
+    last = writes[-1]
+    assert b'"finish_reason":"stop"' in last and b'"usage":{' in last
+    assert last.endswith(b"data: [DONE]\n\n")
+
+
+@pytest.mark.parametrize(
+    ("prompt", "overrides", "finish"),
+    [
+        ("SCENARIO=normal", {}, "stop"),
+        ("SCENARIO=no_complete", {}, "length"),
+        ("SCENARIO=stream_hang", {"timeout_ms": 400}, "length"),
+        ("SCENARIO=stream_hang", {"stream_idle_timeout_ms": 300, "proto_idle_ms": 300}, "length"),
+        ("SCENARIO=long", {"_max_tokens": 5}, "length"),
+        ("SCENARIO=error_after_text", {}, "length"),
+        ("SCENARIO=finish_length", {}, "length"),
+    ],
+    ids=["task_complete", "truncation", "timeout", "idle", "max_tokens", "error_after_text",
+         "carried_finish"],
+)
+async def test_usage_chunk_follows_finish_on_every_path(
+    start_proxy: StartProxy, prompt: str, overrides: dict[str, Any], finish: str
+) -> None:
+    max_tokens = overrides.pop("_max_tokens", None)
+    proxy = await start_proxy(**overrides)
+    extra = {"max_tokens": max_tokens} if max_tokens else {}
+    async with proxy.client() as client:
+        _, raw = await read_stream(client, "/v1/chat/completions", stream_body(prompt, **extra))
+        resp = await client.post("/v1/chat/completions", json=chat_body(prompt, **extra),
+                                 headers=AUTH)
+    text, got_finish, usage = checked(raw)
+    assert got_finish == finish and usage is not None
+    # The same child output gives the same answer in both renderings.
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["choices"][0]["finish_reason"] == finish
+    assert body["choices"][0]["message"]["content"] == text
+    assert body["usage"] == usage
+    await proxy.wait_idle()
+
+
+@pytest.mark.parametrize("shape", ["flat", "nested", "nested_rl", "legacy"])
+async def test_codex_counts_in_every_shape(proxy: Proxy, shape: str) -> None:
+    async with proxy.client() as client:
+        _, raw = await read_stream(client, "/v1/chat/completions",
+                                   stream_body(f"SCENARIO=normal TOKENS={shape}"))
+    _, _, usage = checked(raw)
+    assert usage is not None
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (1200, 14)
+    assert usage["total_tokens"] == 1214
+    records = await usage_records(proxy, 1)
+    assert records[0]["counts_source"] == "codex"
+
+
+async def test_usage_details_and_estimate(proxy: Proxy) -> None:
+    async with proxy.client() as client:
+        reasoning = await client.post("/v1/chat/completions",
+                                      json=chat_body("SCENARIO=reasoning"), headers=AUTH)
+        estimated = await client.post("/v1/chat/completions",
+                                      json=chat_body("SCENARIO=normal TOKENS=none"), headers=AUTH)
+    usage = reasoning.json()["usage"]
+    assert usage["prompt_tokens_details"]["cached_tokens"] == 1024
+    assert usage["completion_tokens_details"]["reasoning_tokens"] == 64
+    assert "Planning" not in reasoning.json()["choices"][0]["message"]["content"]
+    est = estimated.json()["usage"]
+    assert est["completion_tokens"] == -(-len(NORMAL_TEXT) // 4)
+    records = await usage_records(proxy, 2)
+    assert sorted(r["counts_source"] for r in records) == ["codex", "estimate"]
+
+
+# ---------------------------------------------------------------------------- max_tokens
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+async def test_max_tokens_cuts_and_ends_child(proxy: Proxy, field: str) -> None:
+    async with proxy.client() as client:
+        resp = await client.post("/v1/chat/completions",
+                                 json=chat_body("SCENARIO=long", **{field: 10}), headers=AUTH)
+        _, raw = await read_stream(client, "/v1/chat/completions",
+                                   stream_body("SCENARIO=long", **{field: 10}))
+    body = resp.json()
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert len(body["choices"][0]["message"]["content"]) == 40
+    text, finish, _ = checked(raw)
+    assert (text, finish) == (body["choices"][0]["message"]["content"], "length")
+    await proxy.wait_idle()
+
+
+# ---------------------------------------------------------------------------- codex errors
+
+
+async def test_codex_error_without_text(proxy: Proxy) -> None:
+    async with proxy.client() as client:
+        resp = await client.post("/v1/chat/completions", json=chat_body("SCENARIO=error"),
+                                 headers=AUTH)
+        _, raw = await read_stream(client, "/v1/chat/completions", stream_body("SCENARIO=error"))
+    assert resp.status_code == 502
+    error = resp.json()["error"]
+    assert error["code"] == "backend_error" and error["type"] == "server_error"
+    assert error["message"].startswith("unexpected status 400 Bad Request")
+    checked(raw)
+    assert error_frame(raw) == error
+
+
+async def test_codex_error_message_has_no_paths(proxy: Proxy) -> None:
+    async with proxy.client() as client:
+        resp = await client.post("/v1/chat/completions", json=chat_body("SCENARIO=error_path"),
+                                 headers=AUTH)
+    message = resp.json()["error"]["message"]
+    assert resp.status_code == 502
+    assert "/home/" not in message and "config.toml" not in message and "\n" not in message
+
+
+async def test_codex_08_error_needs_no_task_complete(proxy: Proxy) -> None:
+    """0.8.0 prints nothing after `error` and stays alive: answer at the error, not at a timeout."""
+    async with proxy.client() as client:
+        with trio.fail_after(10):
+            resp = await client.post("/v1/chat/completions",
+                                     json=chat_body("SCENARIO=error_08"), headers=AUTH)
+    assert resp.status_code == 502
+    await proxy.wait_idle()
+
+
+# ---------------------------------------------------------------------------- retries
+
+
+@pytest.mark.parametrize("scenario", ["retry_replay", "retry_08"])
+async def test_retry_replay_never_duplicates(proxy: Proxy, scenario: str) -> None:
+    async with proxy.client() as client:
+        _, raw = await read_stream(client, "/v1/chat/completions",
+                                   stream_body(f"SCENARIO={scenario}"))
+        resp = await client.post("/v1/chat/completions", json=chat_body(f"SCENARIO={scenario}"),
+                                 headers=AUTH)
+    text, finish, _ = checked(raw)
+    assert (text, finish) == (NORMAL_TEXT, "stop")
+    assert resp.json()["choices"][0]["message"]["content"] == NORMAL_TEXT
+
+
+async def test_diverging_retry(proxy: Proxy) -> None:
+    async with proxy.client() as client:
+        _, raw = await read_stream(client, "/v1/chat/completions",
+                                   stream_body("SCENARIO=retry_diverge"))
+        resp = await client.post("/v1/chat/completions",
+                                 json=chat_body("SCENARIO=retry_diverge"), headers=AUTH)
+    text, finish, usage = checked(raw)
+    assert text == "This stream will be" and finish is None and usage is None
+    assert error_frame(raw)["code"] == "upstream_retry_diverged"
+    # Non-stream never showed the abandoned attempt: it answers with the retry.
+    assert resp.json()["choices"][0]["message"]["content"] == NORMAL_TEXT
+
+
+async def test_incomplete_replays_end_in_length(proxy: Proxy) -> None:
+    async with proxy.client() as client:
+        _, raw = await read_stream(client, "/v1/chat/completions",
+                                   stream_body("SCENARIO=incomplete TOKENS=nested_rl"))
+        resp = await client.post("/v1/chat/completions",
+                                 json=chat_body("SCENARIO=incomplete"), headers=AUTH)
+    text, finish, _ = checked(raw)
+    assert finish == "length"
+    assert resp.json()["choices"][0]["finish_reason"] == "length"
+    assert resp.json()["choices"][0]["message"]["content"] == text
+
+
+# ---------------------------------------------------------------------------- content shapes
+
+
+@pytest.mark.parametrize(
+    ("scenario", "finish"),
+    [("tool", "stop"), ("message_only", "stop"), ("unicode", "stop"), ("noise", "stop"),
+     ("stderr_flood", "stop"), ("empty", "stop"), ("multi_chunk", "stop")],
+)
+async def test_stream_and_nonstream_agree(proxy: Proxy, scenario: str, finish: str) -> None:
+    async with proxy.client() as client:
+        _, raw = await read_stream(client, "/v1/chat/completions",
+                                   stream_body(f"SCENARIO={scenario}"))
+        resp = await client.post("/v1/chat/completions", json=chat_body(f"SCENARIO={scenario}"),
+                                 headers=AUTH)
+    text, got, usage = checked(raw)
+    body = resp.json()
+    assert got == finish == body["choices"][0]["finish_reason"]
+    assert text == body["choices"][0]["message"]["content"]
+    assert usage == body["usage"]
+    if scenario == "tool":
+        assert "\n\n" in text  # two assistant messages, a blank line between them
+
+
+async def test_message_contradicting_deltas(proxy: Proxy) -> None:
+    async with proxy.client() as client:
+        _, raw = await read_stream(client, "/v1/chat/completions",
+                                   stream_body("SCENARIO=message_mismatch"))
+        resp = await client.post("/v1/chat/completions",
+                                 json=chat_body("SCENARIO=message_mismatch"), headers=AUTH)
+    streamed, _, _ = checked(raw)
+    answered = resp.json()["choices"][0]["message"]["content"]
+    assert streamed and answered and streamed != answered  # stream keeps what it sent
+
+
+# ---------------------------------------------------------------------------- timers
+
+
+async def test_request_timeout_without_text(start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(timeout_ms=300)
+    async with proxy.client() as client:
+        resp = await client.post("/v1/chat/completions", json=chat_body("SCENARIO=hang"),
+                                 headers=AUTH)
+        _, raw = await read_stream(client, "/v1/chat/completions", stream_body("SCENARIO=hang"))
+    assert resp.status_code == 504 and resp.json()["error"]["code"] == "request_timeout"
+    assert resp.json()["error"]["type"] == "timeout_error"
+    checked(raw)
+    assert error_frame(raw)["code"] == "request_timeout"
+    await proxy.wait_idle()
+
+
+async def test_idle_timeouts(start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(proto_idle_ms=300, stream_idle_timeout_ms=300)
+    async with proxy.client() as client:
+        empty = await client.post("/v1/chat/completions", json=chat_body("SCENARIO=hang"),
+                                  headers=AUTH)
+        partial = await client.post("/v1/chat/completions",
+                                    json=chat_body("SCENARIO=stream_hang"), headers=AUTH)
+    assert empty.status_code == 504 and empty.json()["error"]["code"] == "idle_timeout"
+    assert partial.json()["choices"][0]["finish_reason"] == "length"
+    assert partial.json()["choices"][0]["message"]["content"] == "Hello! This is"
+
+
+async def test_stderr_is_not_activity(start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(stream_idle_timeout_ms=300)
+    async with proxy.client() as client:
+        with trio.fail_after(20):
+            _, raw = await read_stream(client, "/v1/chat/completions",
+                                       stream_body("SCENARIO=stderr_hang"))
+    text, finish, _ = checked(raw)
+    assert (text, finish) == ("Hello! This is", "length")
+
+
+async def test_nonstream_early_finalize(start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(nonstream_truncate_after_ms=400)
+    async with proxy.client() as client:
+        resp = await client.post(
+            "/v1/chat/completions", json=chat_body("SCENARIO=stream_hang"), headers=AUTH
+        )
+        # Streams are not affected by the non-stream early finalize.
+        _, raw = await read_stream(client, "/v1/chat/completions",
+                                   stream_body("SCENARIO=slow DELTAS=8 DELAY_MS=100"))
+    assert resp.status_code == 200
+    assert resp.json()["choices"][0]["finish_reason"] == "length"
+    assert resp.json()["choices"][0]["message"]["content"] == "Hello! This is"
+    assert checked(raw)[1] == "stop"
+
+
+async def test_keepalive_comments_and_opt_outs(start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(sse_keepalive_ms=50, stream_idle_timeout_ms=600)
+    body = stream_body("SCENARIO=stream_hang")
+    async with proxy.client() as client:
+        _, with_keepalive = await read_stream(client, "/v1/chat/completions", body)
+        _, header_opt_out = await read_stream(client, "/v1/chat/completions", body,
+                                              headers={"X-No-Keepalive": "1"})
+        _, agent_opt_out = await read_stream(client, "/v1/chat/completions", body,
+                                             headers={"User-Agent": "Mozilla Electron/30"})
+        _, query_opt_out = await read_stream(client, "/v1/chat/completions?no_keepalive=1", body)
+    frames = contract.parse_sse(with_keepalive)
+    keepalives = [f for f in frames if f.kind == "comment"]
+    assert keepalives and all(f.raw.startswith(": keepalive ") for f in keepalives)
+    assert checked(with_keepalive)[1] == "length"
+    for raw in (header_opt_out, agent_opt_out, query_opt_out):
+        assert not [f for f in contract.parse_sse(raw) if f.kind == "comment"]
+        assert checked(raw)[1] == "length"
+
+
+# ---------------------------------------------------------------------------- shutdown finalize
+
+
+async def test_finalize_now_ends_streams_with_length_and_usage(proxy: Proxy) -> None:
+    async with proxy.client() as client:
+        async with client.stream("POST", "/v1/chat/completions", headers=AUTH,
+                                 json=stream_body("SCENARIO=stream_hang")) as resp:
+            chunks: list[bytes] = []
+            async for chunk in resp.aiter_raw():
+                chunks.append(chunk)
+                # stream_hang sends exactly three deltas and then nothing: finalize after the third.
+                if b'" is"' in b"".join(chunks) and not proxy.lifecycle.finalize_now.is_set():
+                    proxy.lifecycle.finalize()
+    text, finish, usage = checked(b"".join(chunks))
+    assert (text, finish) == ("Hello! This is", "length") and usage is not None
+    await proxy.wait_idle()
+
+
+async def test_finalize_without_text_nonstream_is_503(proxy: Proxy) -> None:
+    async with proxy.client() as client, trio.open_nursery() as nursery:
+        result: list[httpx.Response] = []
+
+        async def ask() -> None:
+            result.append(await client.post(
+                "/v1/chat/completions", json=chat_body("SCENARIO=hang"), headers=AUTH))
+
+        nursery.start_soon(ask)
+        await proxy.state.live.wait_value(1)
+        proxy.lifecycle.finalize()
+    assert result[0].status_code == 503
+    assert result[0].json()["error"]["code"] == "shutting_down"
+
+
+# ---------------------------------------------------------------------------- disconnect
+
+
+async def test_disconnect_ends_child_releases_slot_records_usage(proxy: Proxy) -> None:
+    async with proxy.client() as client:
+        async with client.stream("POST", "/v1/chat/completions", headers=AUTH,
+                                 json=stream_body("SCENARIO=slow DELTAS=200 DELAY_MS=50")) as resp:
+            async for chunk in resp.aiter_raw():
+                if b"content" in chunk:
+                    break  # leave mid-stream
+    records = await usage_records(proxy, 1)
+    assert records[0]["outcome"] == "client_disconnect"
+    assert records[0]["child_exit"] in ("sigterm", "exited")
+    assert proxy.state.admission.counts.children == 0
+    assert proxy.state.admission.counts.streams == 0
+
+
+async def test_disconnect_without_kill_lets_turn_finish(start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(kill_on_disconnect=False)
+    async with proxy.client() as client:
+        async with client.stream("POST", "/v1/chat/completions", headers=AUTH,
+                                 json=stream_body("SCENARIO=slow DELTAS=10 DELAY_MS=50")) as resp:
+            async for chunk in resp.aiter_raw():
+                if b"content" in chunk:
+                    break
+        # The child keeps its slot until its turn is done.
+        assert proxy.state.admission.counts.streams == 1
+    records = await usage_records(proxy, 1)
+    assert records[0]["outcome"] == "client_disconnect", records
+    assert records[0]["counts_source"] == "codex" and records[0]["finish_reason"] == "stop", records
+    assert proxy.state.admission.counts.streams == 0
+
+
+async def test_child_ended_by_sigterm_after_answer(start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(child_kill_grace_ms=200)
+    async with proxy.client() as client:
+        resp = await client.post("/v1/chat/completions", json=chat_body(), headers=AUTH)
+    assert resp.status_code == 200
+    records = await usage_records(proxy, 1)
+    assert records[0]["child_exit"] == "sigterm"
+
+
+async def test_sigterm_proof_child_gets_sigkill(start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(child_kill_grace_ms=200,
+                              child_env={"FAKE_CODEX_SCENARIO": "ignore_sigterm"})
+    async with proxy.client() as client:
+        resp = await client.post("/v1/chat/completions", json=chat_body(), headers=AUTH)
+    assert resp.status_code == 200 and resp.json()["choices"][0]["finish_reason"] == "stop"
+    records = await usage_records(proxy, 1)
+    assert records[0]["child_exit"] == "sigkill"
+
+
+async def test_legacy_stream_failure_paths(proxy: Proxy) -> None:
+    async with proxy.client() as client:
+        _, truncated = await read_stream(
+            client, "/v1/completions",
+            {"model": "codex-5", "prompt": "SCENARIO=no_complete", "stream": True,
+             "stream_options": USAGE})
+        _, failed = await read_stream(
+            client, "/v1/completions",
+            {"model": "codex-5", "prompt": "SCENARIO=error", "stream": True})
+    assert checked(truncated, legacy=True)[1] == "length"
+    checked(failed, legacy=True, include_usage=False)
+    assert json.dumps(error_frame(failed)).count("backend_error") == 1
