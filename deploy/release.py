@@ -63,7 +63,9 @@ for dist in md.distributions():
         "version": dist.version,
         "summary": meta.get("Summary") or "",
         "license": meta.get("License-Expression") or meta.get("License") or "",
-        "classifiers": [c for c in (meta.get_all("Classifier") or []) if c.startswith("License ::")],
+        "classifiers": [
+            c for c in (meta.get_all("Classifier") or []) if c.startswith("License ::")
+        ],
         "requires": meta.get_all("Requires-Dist") or [],
     })
 print(json.dumps(out))
@@ -80,9 +82,7 @@ def log(message: str) -> None:
 
 def run(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
     log("$ " + " ".join(cmd))
-    proc = subprocess.run(
-        cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False
-    )
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
         raise ReleaseError(f"{cmd[0]} {cmd[1] if len(cmd) > 1 else ''} failed:\n" + "\n".join(tail))
@@ -246,9 +246,10 @@ def check_sbom(path: Path, root_name: str, root_version: str) -> int:
     if bom.get("bomFormat") != "CycloneDX" or bom.get("specVersion") != CYCLONEDX_SPEC:
         raise ReleaseError(f"{path.name}: not a CycloneDX {CYCLONEDX_SPEC} document")
     root = bom.get("metadata", {}).get("component", {})
-    if normalize(root.get("name", "")) != normalize(root_name) or root.get(
-        "version"
-    ) != root_version:
+    if (
+        normalize(root.get("name", "")) != normalize(root_name)
+        or root.get("version") != root_version
+    ):
         raise ReleaseError(f"{path.name}: root component is {root!r}")
     components = bom.get("components", [])
     if not components:
@@ -291,7 +292,9 @@ def release(args: argparse.Namespace) -> Path:
     dirty = False
     if args.worktree:
         if args.commit != "HEAD":
-            raise ReleaseError("--worktree builds the work tree; it cannot be combined with --commit")
+            raise ReleaseError(
+                "--worktree builds the work tree; it cannot be combined with --commit"
+            )
         dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
 
     with tempfile.TemporaryDirectory(prefix="quartproxy-release-") as tmp_name:
@@ -302,8 +305,8 @@ def release(args: argparse.Namespace) -> Path:
             source = tmp / "src"
             export_commit(commit, source)
         project = tomllib.loads((source / "pyproject.toml").read_text(encoding="utf-8"))
-        name = project["project"]["name"]
-        version = project["project"]["version"]
+        name: str = project["project"]["name"]
+        version: str = project["project"]["version"]
 
         stage = tmp / "artifacts"
         stage.mkdir()
@@ -312,7 +315,9 @@ def release(args: argparse.Namespace) -> Path:
 
         python = make_env_with(wheel, tmp / "sbom-venv")
         sbom = stage / f"{name}-{version}.cdx.json"
-        tool_ok = shutil.which("cyclonedx-py") or (Path(sys.executable).parent / "cyclonedx-py").exists()
+        tool_ok = (
+            shutil.which("cyclonedx-py") or (Path(sys.executable).parent / "cyclonedx-py").exists()
+        )
         if args.sbom == "cyclonedx-py" or (args.sbom == "auto" and tool_ok):
             sbom_cyclonedx_py(python, source / "pyproject.toml", sbom)
             sbom_tool = "cyclonedx-py"
@@ -344,7 +349,8 @@ def release(args: argparse.Namespace) -> Path:
             "".join(f"{sha256(p)}  {p.name}\n" for p in files), encoding="utf-8"
         )
 
-        final = args.out.resolve() / f"{name}-{version}-{short}{'-dirty' if dirty else ''}"
+        out_dir = Path(args.out).resolve()
+        final = out_dir / f"{name}-{version}-{short}{'-dirty' if dirty else ''}"
         if final.exists():
             if not args.force:
                 raise ReleaseError(f"{final} exists (use --force to replace it)")

@@ -641,6 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="delete archives older than D days (age from the timestamp in the name)",
     )
     p.add_argument("--dry-run", action="store_true", help="print what would go, delete nothing")
+    p.set_defaults(subparser=p)
 
     p = sub.add_parser("restore", help="restore an archive into CODEX_HOME")
     p.add_argument("--archive", type=Path, required=True)
@@ -692,8 +693,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else 2
     if args.command == "prune" and args.keep is None and args.max_age_days is None:
-        parser.print_usage(sys.stderr)
-        print(f"{PROG} prune: error: give --keep and/or --max-age-days", file=sys.stderr)
+        subparser: argparse.ArgumentParser = args.subparser
+        subparser.print_usage(sys.stderr)
+        print(f"{subparser.prog}: error: give --keep and/or --max-age-days", file=sys.stderr)
         return 2
     try:
         return _run(args)

@@ -258,6 +258,8 @@ class Completion:
             return
         message = self._messages[-1]
         delivered = message.delta_text()
+        if not text and delivered:
+            return  # an empty message never erases text codex already streamed
         if text.startswith(delivered):
             extra = text[len(delivered):]
             if extra:

@@ -76,7 +76,7 @@ def seconds(span: str) -> float:
 
 
 def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
-    """systemd unit syntax: sections, repeated keys kept in order, '\\' continuations, # ; comments."""
+    """Unit file syntax: sections, repeated keys in order, '\\' continuations, # and ; comments."""
     sections: dict[str, dict[str, list[str]]] = {}
     current: dict[str, list[str]] | None = None
     pending = ""
