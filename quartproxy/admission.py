@@ -1,19 +1,38 @@
-"""Admission control: concurrency slots (streams and all children) taken before a response starts.
+"""Admission control: concurrency slots and per-key rate limits, local or shared through Redis.
 
-A slot is taken synchronously — no checkpoint between the check and the increment — so two
-requests racing for the last slot cannot both win, and the second stream at the limit gets 429
-every time. :class:`Slot` releases at most once, so every exit path may call ``release()``
-without double counting.
+Rules kept here:
+
+* A slot is taken before the response starts and released exactly once, after the child is
+  reaped (:meth:`Slot.release` is idempotent, so every exit path may call it).
+* Locally, taking a slot is synchronous — no checkpoint between the check and the increment —
+  so two requests racing for the last slot cannot both win: the second stream at the limit gets
+  429 every time, not most of the time.
+* With ``PROXY_REDIS_URL`` both limits are shared by every replica (see :mod:`.redis_store`).
+  If Redis cannot answer, admission falls back to per-process limits, says so loudly once,
+  sets the ``quartproxy_redis_fallback`` gauge, and tries Redis again after a short backoff.
+  A request never fails because Redis is down.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import time
+import uuid
 from dataclasses import dataclass
 
 import trio
 
 from . import errors
 from .config import Settings
+from .observability import Metrics
+from .ratelimit import RateLimiter, key_id
+from .redis_store import RedisStore, RedisUnavailable
+
+log = logging.getLogger("quartproxy.admission")
+
+REDIS_RETRY_S = 5.0
+QUEUE_POLL_MAX_S = 0.25
 
 
 @dataclass(slots=True)
@@ -23,63 +42,221 @@ class Counts:
 
 
 class Slot:
-    __slots__ = ("_admission", "_released", "stream")
+    """One admitted request's hold on the limits."""
 
-    def __init__(self, admission: Admission, stream: bool) -> None:
+    __slots__ = ("_admission", "lease", "released", "stream")
+
+    def __init__(self, admission: Admission, stream: bool, lease: str | None) -> None:
         self._admission = admission
         self.stream = stream
-        self._released = False
+        self.lease = lease  # set when the slot lives in Redis
+        self.released = trio.Event()
 
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._admission._release(self.stream)
+    async def release(self) -> None:
+        if self.released.is_set():
+            return
+        self.released.set()
+        await self._admission._release(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    slot: Slot
+    before: int  # occupancy of the limiting pool before this request
+    limit: int
 
 
 class Admission:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.stream_limit = settings.sse_max_concurrency
         self.child_limit = settings.max_concurrency
         self.queue_timeout_s = settings.queue_timeout_ms / 1000
-        self.counts = Counts()
-        self.rejections: dict[str, int] = {}
+        self.lease_ttl_ms = settings.redis_lease_ttl_ms
+        self.counts = Counts()  # this process's slots (local mode, or local fallback)
+        self.rate = RateLimiter(settings)
+        self.metrics = metrics
+        self.redis = RedisStore(settings.redis_url) if settings.redis_url else None
+        self.degraded = False
+        self.background: trio.Nursery | None = None  # lease refreshers run here
+        self._retry_at = 0.0
         self._changed = trio.Event()
 
-    def _blocked(self, stream: bool) -> ApiErrorKind | None:
+    # ------------------------------------------------------------------ concurrency
+
+    def limit_for(self, stream: bool) -> int:
+        return self.stream_limit if stream else self.child_limit
+
+    async def acquire(self, stream: bool) -> Admitted:
+        """A slot now, or after waiting up to PROXY_QUEUE_TIMEOUT_MS, or 429."""
+        deadline = trio.current_time() + self.queue_timeout_s
+        delay = 0.01
+        while True:
+            if self._redis_usable():
+                outcome = await self._try_redis(stream)
+                if outcome is not None:
+                    admitted, blocked, before = outcome
+                    if admitted is not None:
+                        return admitted
+                    if trio.current_time() >= deadline:
+                        self._reject(blocked, before)
+                    await trio.sleep(min(delay, max(0.0, deadline - trio.current_time())))
+                    delay = min(delay * 2, QUEUE_POLL_MAX_S)
+                    continue
+            local = self._try_local(stream)
+            if local is not None:
+                return local
+            if trio.current_time() >= deadline:
+                blocked = self._local_block(stream) or "children"
+                before = self.counts.streams if blocked == "streams" else self.counts.children
+                self._reject(blocked, before)
+            with trio.move_on_at(deadline):
+                await self._changed.wait()
+
+    def _local_block(self, stream: bool) -> str | None:
         if self.child_limit and self.counts.children >= self.child_limit:
-            return ("children", self.child_limit)
+            return "children"
         if stream and self.stream_limit and self.counts.streams >= self.stream_limit:
-            return ("streams", self.stream_limit)
+            return "streams"
         return None
 
-    def try_acquire(self, stream: bool) -> Slot | None:
-        if self._blocked(stream) is not None:
+    def _try_local(self, stream: bool) -> Admitted | None:
+        if self._local_block(stream) is not None:
             return None
+        before = self.counts.streams if stream else self.counts.children
         self.counts.children += 1
         if stream:
             self.counts.streams += 1
-        return Slot(self, stream)
+        return Admitted(Slot(self, stream, None), before, self.limit_for(stream))
 
-    async def acquire(self, stream: bool) -> Slot:
-        """A slot now, or after waiting up to PROXY_QUEUE_TIMEOUT_MS, or 429."""
-        slot = self.try_acquire(stream)
-        if slot is None and self.queue_timeout_s > 0:
-            with trio.move_on_after(self.queue_timeout_s):
-                while slot is None:
-                    await self._changed.wait()
-                    slot = self.try_acquire(stream)
-        if slot is None:
-            blocked = self._blocked(stream) or ("children", self.child_limit)
-            self.rejections[blocked[0]] = self.rejections.get(blocked[0], 0) + 1
-            raise errors.concurrency_exceeded(*blocked)
-        return slot
-
-    def _release(self, stream: bool) -> None:
-        self.counts.children -= 1
+    async def _try_redis(self, stream: bool) -> tuple[Admitted | None, str, int] | None:
+        """Ask Redis; ``None`` when Redis is unusable (the caller falls back to local)."""
+        assert self.redis is not None
+        lease = uuid.uuid4().hex
+        try:
+            granted, blocked, children, streams = await self.redis.acquire(
+                lease, stream=stream, child_limit=self.child_limit,
+                stream_limit=self.stream_limit, ttl_ms=self.lease_ttl_ms,
+            )
+        except RedisUnavailable as exc:
+            self._degrade(exc)
+            return None
+        self._recovered()
+        before = streams if stream else children
+        if not granted:
+            return None, blocked, streams if blocked == "streams" else children
+        slot = Slot(self, stream, lease)
+        self.counts.children += 1
         if stream:
+            self.counts.streams += 1
+        if self.background is not None:
+            self.background.start_soon(self._maintain, slot)
+        return Admitted(slot, before, self.limit_for(stream)), "", before
+
+    def _reject(self, blocked: str, before: int) -> None:
+        limit = self.stream_limit if blocked == "streams" else self.child_limit
+        if self.metrics is not None:
+            self.metrics.rejections.labels("concurrency_exceeded").inc()
+        error = errors.concurrency_exceeded(blocked, limit)
+        error.headers.update({"X-Conc-Before": str(before), "X-Conc-After": str(before),
+                              "X-Conc-Limit": str(limit)})
+        raise error
+
+    async def _release(self, slot: Slot) -> None:
+        self.counts.children -= 1
+        if slot.stream:
             self.counts.streams -= 1
         self._changed.set()
         self._changed = trio.Event()
+        if slot.lease is not None and self.redis is not None:
+            try:
+                await self.redis.release(slot.lease)
+            except RedisUnavailable as exc:
+                # The lease expires by itself within the TTL.
+                log.warning("could not release Redis lease: %s", exc)
 
+    async def _maintain(self, slot: Slot) -> None:
+        """Refresh the slot's lease while its child lives."""
+        assert self.redis is not None and slot.lease is not None
+        period = self.lease_ttl_ms / 3000
+        while True:
+            with trio.move_on_after(period):
+                await slot.released.wait()
+            if slot.released.is_set():
+                return
+            try:
+                kept = await self.redis.refresh(slot.lease, stream=slot.stream,
+                                                ttl_ms=self.lease_ttl_ms)
+            except RedisUnavailable as exc:
+                self._degrade(exc)
+                continue
+            if not kept:
+                log.warning("Redis lease %s expired while its child was running", slot.lease)
+                return
 
-ApiErrorKind = tuple[str, int]
+    async def shared_counts(self) -> Counts:
+        if self.redis is not None and self._redis_usable():
+            try:
+                children, streams = await self.redis.counts()
+                return Counts(streams=streams, children=children)
+            except RedisUnavailable as exc:
+                self._degrade(exc)
+        return Counts(self.counts.streams, self.counts.children)
+
+    # ------------------------------------------------------------------ rate limit
+
+    async def check_rate(self, key: str) -> None:
+        rate = self.rate
+        if not rate.enabled:
+            return
+        if self._redis_usable():
+            assert self.redis is not None
+            window_ms = int(rate.window_s * 1000)
+            index = int(time.time() * 1000) // window_ms
+            try:
+                count, ttl_ms = await self.redis.hit(key_id(key), window_ms, index)
+            except RedisUnavailable as exc:
+                self._degrade(exc)
+            else:
+                self._recovered()
+                if count > rate.limit:
+                    self._rate_rejected()
+                    raise errors.rate_limited(max(1, math.ceil(max(ttl_ms, 0) / 1000)))
+                return
+        try:
+            rate.check(key)
+        except errors.ApiError:
+            self._rate_rejected()
+            raise
+
+    def _rate_rejected(self) -> None:
+        if self.metrics is not None:
+            self.metrics.rejections.labels("rate_limited").inc()
+
+    # ------------------------------------------------------------------ Redis health
+
+    def _redis_usable(self) -> bool:
+        if self.redis is None:
+            return False
+        return not self.degraded or trio.current_time() >= self._retry_at
+
+    def _degrade(self, exc: Exception) -> None:
+        self._retry_at = trio.current_time() + REDIS_RETRY_S
+        if not self.degraded:
+            self.degraded = True
+            log.error(
+                "REDIS UNAVAILABLE (%s): limits are now per-process until it answers again",
+                exc,
+            )
+            if self.metrics is not None:
+                self.metrics.redis_fallback.set(1)
+
+    def _recovered(self) -> None:
+        if self.degraded:
+            self.degraded = False
+            log.warning("Redis answers again: limits are shared across replicas")
+            if self.metrics is not None:
+                self.metrics.redis_fallback.set(0)
+
+    def close(self) -> None:
+        if self.redis is not None:
+            self.redis.close()

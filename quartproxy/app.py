@@ -23,7 +23,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from . import child, errors
-from .admission import Admission
+from .admission import Admission, Slot
 from .asgi import Exchange, ExchangeConnection, current_exchange
 from .completion import Completion
 from .config import Settings
@@ -31,7 +31,6 @@ from .errors import ApiError
 from .lifecycle import Lifecycle
 from .models import ModelCatalog
 from .observability import Metrics, UsageLog, read_usage, utc_now_iso, write_access
-from .ratelimit import RateLimiter
 from .relay import Relay, Timing
 from .render import StreamRenderer, json_body
 from .validation import CompletionRequest, parse_chat, parse_legacy
@@ -69,7 +68,6 @@ class AppState:
     lifecycle: Lifecycle
     catalog: ModelCatalog
     admission: Admission
-    limiter: RateLimiter
     metrics: Metrics
     usage_log: UsageLog
     api_keys: list[bytes]
@@ -102,13 +100,13 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ProxyA
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["BODY_TIMEOUT"] = max(60, settings.timeout_ms / 1000)
     keys = settings.api_keys
+    metrics = Metrics()
     state = AppState(
         settings=settings,
         lifecycle=lifecycle or Lifecycle(),
         catalog=ModelCatalog(settings),
-        admission=Admission(settings),
-        limiter=RateLimiter(settings),
-        metrics=Metrics(),
+        admission=Admission(settings, metrics),
+        metrics=metrics,
         usage_log=UsageLog(settings.token_log_path),
         api_keys=[key.encode() for key in keys],
         child_env=child.child_env(settings),
@@ -121,10 +119,18 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ProxyA
         child.prepare_dirs(settings)
         await app.nursery.start(state.usage_log.run)
         state.background = app.nursery if not settings.kill_on_disconnect else None
+        state.admission.background = app.nursery
+        if state.admission.redis is not None:
+            try:
+                await state.admission.redis.ping()
+                log.info("concurrency and rate limits shared through Redis")
+            except Exception as exc:
+                state.admission._degrade(exc)
 
     @app.after_serving
     async def _stop() -> None:
         state.usage_log.close()
+        state.admission.close()
 
     # ------------------------------------------------------------------ cross-cutting
 
@@ -307,7 +313,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ProxyA
     # ------------------------------------------------------------------ metrics, test hooks
 
     @app.route("/metrics", methods=["GET"])
-    async def metrics() -> Response:
+    async def metrics_text() -> Response:
         state.metrics.active_streams.set(state.admission.counts.streams)
         return Response(
             state.metrics.exposition(), content_type="text/plain; version=0.0.4; charset=utf-8"
@@ -317,11 +323,15 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ProxyA
 
         @app.route("/__test/conc", methods=["GET"])
         async def test_conc() -> Response:
-            counts = state.admission.counts
+            shared = await state.admission.shared_counts()
+            local = state.admission.counts
             return _json({
-                "streams": counts.streams, "children": counts.children,
+                "streams": shared.streams, "children": shared.children,
+                "local_streams": local.streams, "local_children": local.children,
                 "stream_limit": state.admission.stream_limit,
                 "child_limit": state.admission.child_limit,
+                "redis": state.admission.redis is not None,
+                "redis_degraded": state.admission.degraded,
             })
 
     # ------------------------------------------------------------------ completions
@@ -362,30 +372,23 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ProxyA
         req = parse(body, state.catalog, max_prompt_tokens=settings.max_prompt_tokens)
         exchange.stream = req.stream
         exchange.model = req.model
-        state.limiter.check(key)
-        before = state.admission.counts.streams if req.stream else state.admission.counts.children
-        limit = state.admission.stream_limit if req.stream else state.admission.child_limit
-        try:
-            slot = await state.admission.acquire(req.stream)
-        except ApiError as exc:
-            state.metrics.rejections.labels(exc.code or "rejected").inc()
-            exchange.extra["conc"] = {
-                "X-Conc-Before": before, "X-Conc-After": before, "X-Conc-Limit": limit,
-            }
-            raise
+        await state.admission.check_rate(key)
+        admitted = await state.admission.acquire(req.stream)
+        slot = admitted.slot
         exchange.slots.append(slot)
         exchange.extra["conc"] = {
-            "X-Conc-Before": before, "X-Conc-After": before + 1, "X-Conc-Limit": limit,
+            "X-Conc-Before": admitted.before, "X-Conc-After": admitted.before + 1,
+            "X-Conc-Limit": admitted.limit,
         }
         return await start_relay(exchange, req, slot)
 
-    async def start_relay(exchange: Exchange, req: CompletionRequest, slot: Any) -> Response:
+    async def start_relay(exchange: Exchange, req: CompletionRequest, slot: Slot) -> Response:
         completion_id = ("cmpl-" if req.legacy else "chatcmpl-") + secrets.token_hex(12)
         created = int(time.time())
         try:
             program = child.resolve_executable(settings)
         except child.SpawnError as exc:
-            record_spawn_failure(exchange, req)
+            await record_spawn_failure(exchange, req)
             raise errors.backend_unavailable(str(exc)) from None
         launch = child.Launch(
             argv=child.build_argv(settings, program, req.effective_model, req.effort),
@@ -410,8 +413,8 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ProxyA
             kill_grace=settings.child_kill_grace_ms / 1000,
         )
 
-        def on_done(relay: Relay) -> None:
-            slot.release()
+        async def on_done(relay: Relay) -> None:
+            await slot.release()
             state.metrics.live_children.dec()
             state.live.value -= 1
             record_usage(exchange, req, relay)
@@ -431,7 +434,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ProxyA
         try:
             await exchange.nursery.start(relay.run)
         except child.SpawnError as exc:
-            record_spawn_failure(exchange, req)
+            await record_spawn_failure(exchange, req)
             raise errors.backend_unavailable(str(exc)) from None
         state.metrics.live_children.inc()
         state.live.value += 1
@@ -450,9 +453,9 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ProxyA
             model=req.model,
         ))
 
-    def record_spawn_failure(exchange: Exchange, req: CompletionRequest) -> None:
+    async def record_spawn_failure(exchange: Exchange, req: CompletionRequest) -> None:
         for slot in exchange.slots:
-            slot.release()  # before the 503 goes out, so a retry finds the slot free
+            await slot.release()  # before the 503 goes out, so a retry finds the slot free
         exchange.outcome = "error"
         state.metrics.child_exits.labels("spawn_failed").inc()
 

@@ -120,8 +120,9 @@ class ExchangeConnection(TrioASGIHTTPConnection):
                 nursery.start_soon(self.handle_messages, nursery, request, receive)
                 nursery.start_soon(self.handle_request, nursery, request, tracking_send)
         finally:
-            for slot in exchange.slots:
-                slot.release()
+            with trio.CancelScope(shield=True):
+                for slot in exchange.slots:
+                    await slot.release()
             _current.reset(token)
             finished = getattr(self.app, "exchange_finished", None)
             if finished is not None:

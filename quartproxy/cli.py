@@ -107,8 +107,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["backup"]:
+        # Hand everything after `backup` over untouched (argparse would eat `--help`).
+        from . import backup
+
+        return backup.main(args_list[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_list)
     if args.command == "serve":
         return _serve(args)
     from . import backup

@@ -29,7 +29,9 @@ Rules kept here (from the spec's lifecycle section):
    answer text in hand (truncation, deadlines, shutdown, max_tokens, an error after text); an
    error without answer text is :class:`Failed` with the matching status.
 6. After the terminal output the state is frozen: later inputs change nothing. Token counts are
-   kept as soon as they arrive; a later count replaces an earlier one, ``info: null`` is ignored.
+   kept as soon as they arrive. A whole-turn total (0.34+) replaces an earlier one; the flat
+   per-response counts of 0.8–0.29 add up (a tool call spans several responses);
+   ``info: null`` is ignored.
 """
 
 from __future__ import annotations
@@ -95,6 +97,29 @@ def backend_message(raw: str) -> str:
     if len(first) > 500:
         first = first[:497] + "..."
     return first or "codex reported an error"
+
+
+def _retry_diverged() -> ApiError:
+    return errors.ApiError(
+        502,
+        "codex retried the answer and the new attempt differs from the text already streamed; "
+        "the stream cannot be continued.",
+        "server_error",
+        "upstream_retry_diverged",
+    )
+
+
+def _add(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else a + b
+
+
+def _add_counts(a: Counts, b: Counts) -> Counts:
+    return Counts(
+        input_tokens=_add(a.input_tokens, b.input_tokens),
+        output_tokens=_add(a.output_tokens, b.output_tokens),
+        cached_input_tokens=_add(a.cached_input_tokens, b.cached_input_tokens),
+        reasoning_output_tokens=_add(a.reasoning_output_tokens, b.reasoning_output_tokens),
+    )
 
 
 class _Message:
@@ -177,13 +202,20 @@ class Completion:
             self._message(event.text, out)
         elif isinstance(event, TokenCount):
             if event.counts is not None:
-                self.counts = event.counts
+                self.counts = (
+                    event.counts if event.cumulative or self.counts is None
+                    else _add_counts(self.counts, event.counts)
+                )
         elif isinstance(event, Retry):
             self._new_attempt()
         elif isinstance(event, Error):
             self.codex_error = event.message
             self._terminate_with_text_or(out, errors.backend_error(backend_message(event.message)))
         elif isinstance(event, TaskComplete):
+            if self._replay is not None:
+                # The retry ended before repeating everything already streamed: it diverged.
+                self._fail(_retry_diverged(), out)
+                return out
             if not self._messages and event.last_message:
                 self._message(event.last_message, out)
             if not self.done:
@@ -296,15 +328,10 @@ class Completion:
                 self._emit(head, out)
             if len(text) > room:
                 if not self.stream:
-                    self._cut_text = self._cut_answer()
+                    self._cut_text = "".join(self._sent)  # this attempt's text, cut at the limit
                 self._finish("length", out)
             return
         self._emit(text, out)
-
-    def _cut_answer(self) -> str:
-        answer = MESSAGE_SEPARATOR.join(a for m in self._messages if (a := m.delta_text()))
-        assert self.limit_chars is not None
-        return answer[: self.limit_chars]
 
     def _match_replay(self, text: str, out: list[Output]) -> str:
         replay = self._replay
@@ -313,16 +340,7 @@ class Completion:
         n = min(len(text), len(replay) - pos)
         if text[:n] != replay[pos : pos + n]:
             self._replay = None
-            self._fail(
-                errors.ApiError(
-                    502,
-                    "codex retried the answer and the new attempt differs from the text already "
-                    "streamed; the stream cannot be continued.",
-                    "server_error",
-                    "upstream_retry_diverged",
-                ),
-                out,
-            )
+            self._fail(_retry_diverged(), out)
             return ""
         self._replay_pos = pos + n
         if self._replay_pos == len(replay):

@@ -8,6 +8,7 @@ here, because a silent default is how a misconfigured proxy ends up serving the 
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -128,6 +129,10 @@ class Settings(BaseSettings):
     redis_url: str = _env(
         "PROXY_REDIS_URL", default="", description="share limits across replicas through Redis"
     )
+    redis_lease_ttl_ms: int = _env(
+        "PROXY_REDIS_LEASE_TTL_MS", default=10_000, gt=0,
+        description="TTL of a Redis concurrency lease (refreshed while the child runs)",
+    )
     max_prompt_tokens: int = _env(
         "PROXY_MAX_PROMPT_TOKENS", default=0, ge=0, description="prompt-size guard (0 = off)"
     )
@@ -236,8 +241,13 @@ def load_settings(**overrides: Any) -> Settings:
         first = exc.errors()[0]
         loc = first.get("loc") or ("?",)
         name = str(loc[0])
-        if name in Settings.model_fields:
-            name = env_names(name)[0]
+        field = name if name in Settings.model_fields else next(
+            (f for f in Settings.model_fields if name in env_names(f)), None
+        )
+        if field is not None:
+            names = env_names(field)
+            # Name the variable the user actually set (an alias, say), not the canonical one.
+            name = next((env for env in names if env in os.environ), names[0])
         raw = first.get("input")
         shown = f" (got {raw!r})" if isinstance(raw, str | int | float) else ""
         raise SettingsError(f"invalid setting {name}{shown}: {first['msg']}") from None

@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 import trio
+import trio_util
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 log = logging.getLogger("quartproxy")
@@ -97,6 +98,7 @@ class UsageLog:
         self.path = path
         self._send, self._receive = trio.open_memory_channel[bytes](10_000)
         self.dropped = 0
+        self.written: trio_util.AsyncValue[int] = trio_util.AsyncValue(0)  # records on disk
 
     def record(self, fields: dict[str, Any]) -> None:
         try:
@@ -122,6 +124,7 @@ class UsageLog:
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
                 await trio.to_thread.run_sync(self._append, b"".join(batch))
+                self.written.value += len(batch)
 
     def close(self) -> None:
         self._send.close()

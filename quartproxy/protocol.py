@@ -52,6 +52,10 @@ class Message:
 @dataclass(frozen=True, slots=True)
 class TokenCount:
     counts: Counts | None
+    # True for totals of the whole turn (0.34+ `total_token_usage`, which replace earlier
+    # counts); False for one model response's usage (flat 0.8–0.29 shape, which add up when a
+    # tool call makes the turn span several responses).
+    cumulative: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +206,9 @@ def _event(kind: str, msg: dict[str, Any]) -> Event:
     if kind == "agent_message":
         return Message(_text(msg.get("message")))
     if kind == "token_count":
-        return TokenCount(parse_token_count(msg))
+        counts = parse_token_count(msg)
+        flat = "info" not in msg and _int(msg.get("input_tokens")) is not None
+        return TokenCount(counts, cumulative=not flat)
     if kind in ("stream_error", "background_event"):
         return Retry(_text(msg.get("message")))
     if kind == "error":

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
@@ -117,7 +117,7 @@ class Relay:
         timing: Timing,
         lifecycle: Lifecycle,
         renderer: StreamRenderer | None,
-        on_done: Callable[[Relay], None],
+        on_done: Callable[[Relay], Awaitable[None]],
         background: trio.Nursery | None = None,
     ) -> None:
         self.request_id = request_id
@@ -185,7 +185,7 @@ class Relay:
         with trio.CancelScope(shield=True):
             self.exit = await child.end(process, self.timing.kill_grace)
             try:
-                self.on_done(self)
+                await self.on_done(self)
             except Exception:
                 log.exception("on_done failed", extra={"req_id": self.request_id})
 

@@ -40,12 +40,12 @@ class CompletionRequest:
     user: str | None
 
 
-def _optional_bool(body: dict[str, Any], name: str) -> bool:
+def _optional_bool(body: dict[str, Any], name: str, param: str | None = None) -> bool:
     value = body.get(name)
     if value is None:
         return False
     if not isinstance(value, bool):
-        raise errors.invalid(f"'{name}' must be a boolean.", name)
+        raise errors.invalid(f"'{param or name}' must be a boolean.", param or name)
     return value
 
 
@@ -152,7 +152,9 @@ def _common(
     if options is not None:
         if not isinstance(options, dict):
             raise errors.invalid("'stream_options' must be an object.", "stream_options")
-        include_usage = _optional_bool(options, "include_usage")
+        include_usage = _optional_bool(
+            options, "include_usage", "stream_options.include_usage"
+        )
     n = _optional_int(body, "n", 1)
     if n is not None and n > 1:
         raise errors.invalid("Only n=1 is supported.", "n")

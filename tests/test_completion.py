@@ -111,6 +111,13 @@ class Row:
     usage: tuple[int, int, int, int] | None = None  # codex counts; None = estimate
     error: tuple[int, str] | None = None  # (status, code) for a failure row
     error_message: str | None = None
+    source: str | None = None  # counts_source; default: "codex" with usage, else "estimate"
+
+    @property
+    def counts_source(self) -> str:
+        if self.source is not None:
+            return self.source
+        return "estimate" if self.usage is None else "codex"
 
 
 ROWS = [
@@ -276,6 +283,10 @@ ROWS = [
         "message_extends_deltas", (Delta("Hel"), Message("Hello"), TaskComplete("Hello")),
         finish="stop", text="Hello",
     ),
+    Row(
+        "empty_message_after_deltas", (Delta("Hi"), Message(""), TaskComplete("Hi")),
+        finish="stop", text="Hi",
+    ),
     Row("empty_turn", (Other("task_started"), TaskComplete(None)), finish="stop", text=""),
     # reasoning / tool activity is not answer text
     Row(
@@ -309,7 +320,7 @@ ROWS = [
         "counts_partial_is_estimate_for_missing",
         (Delta("abcdefgh"), TokenCount(Counts(input_tokens=500)), TaskComplete("abcdefgh")),
         finish="stop", text="abcdefgh",
-        usage=(500, 2, 0, 0),  # completion estimated from 8 chars
+        usage=(500, 2, 0, 0), source="estimate",  # completion estimated from 8 chars
     ),
     # events after the terminal change nothing
     Row(
@@ -466,10 +477,7 @@ def test_stream_and_non_stream_agree(row: Row, legacy: bool, include_usage: bool
     else:
         assert stream_usage is None
         assert b'"usage"' not in stream.body
-    source = "estimate" if row.usage is None or None in row.usage else "codex"
-    if row.name == "counts_partial_is_estimate_for_missing":
-        source = "estimate"
-    assert plain.usage().source == stream.completion.usage().source == source
+    assert plain.usage().source == stream.completion.usage().source == row.counts_source
 
 
 # --------------------------------------------------------------------------------------------
@@ -477,7 +485,7 @@ def test_stream_and_non_stream_agree(row: Row, legacy: bool, include_usage: bool
 
 
 def test_diverging_retry_stream_errors_non_stream_answers_second_attempt() -> None:
-    events = [
+    events: list[Event] = [
         Delta("This stream"), Delta(" will be"), Retry("stream error: retrying 1/5"),
         Delta("Hello!"), Delta(" A new answer."), Message("Hello! A new answer."),
         TaskComplete("Hello! A new answer."),
@@ -500,7 +508,7 @@ def test_diverging_retry_stream_errors_non_stream_answers_second_attempt() -> No
 
 
 def test_diverging_retry_after_partial_replay() -> None:
-    events = [Delta("Hello world"), Retry("r"), Delta("Hello"), Delta(" there")]
+    events: list[Event] = [Delta("Hello world"), Retry("r"), Delta("Hello"), Delta(" there")]
     stream = run_stream(events)
     frame = stream_error_frame(stream.body)
     assert frame is not None and frame["error"]["code"] == "upstream_retry_diverged"
@@ -510,7 +518,9 @@ def test_diverging_retry_after_partial_replay() -> None:
 
 
 def test_message_contradicting_deltas() -> None:
-    events = [Delta("Hello"), Delta(" wrld"), Message("Hello world"), TaskComplete("Hello world")]
+    events: list[Event] = [
+        Delta("Hello"), Delta(" wrld"), Message("Hello world"), TaskComplete("Hello world"),
+    ]
     stream = run_stream(events, include_usage=True)
     assert_valid(check_chat_stream(stream.body, include_usage=True))
     text, reason, _ = collect_stream_content(stream.body)
@@ -520,23 +530,19 @@ def test_message_contradicting_deltas() -> None:
 
 
 def test_message_shorter_than_deltas() -> None:
-    events = [Delta("Hello world"), Message("Hello"), TaskComplete("Hello")]
+    events: list[Event] = [Delta("Hello world"), Message("Hello"), TaskComplete("Hello")]
     assert run_stream(events).completion.text() == "Hello world"
     assert run_plain(events).text() == "Hello"
 
 
 # --------------------------------------------------------------------------------------------
-# Bugs found (xfail strict: they start passing when the code is fixed)
+# Regressions: bugs these tests found, now fixed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: max_tokens cut inside the blank line between two messages: stream sends "
-    "'abc\\n' (cut at 4 chars) but non-stream _cut_answer() drops the partial separator and "
-    "answers 'abc'; lifecycle.md: stream and non-stream must agree, text cut at the limit",
-)
 def test_max_tokens_cut_inside_message_separator_agrees() -> None:
-    events = [Delta("abc"), Message("abc"), Delta("xyz"), Message("xyz"), TaskComplete("xyz")]
+    events: list[Event] = [
+        Delta("abc"), Message("abc"), Delta("xyz"), Message("xyz"), TaskComplete("xyz"),
+    ]
     stream = run_stream(events, max_tokens=1)
     plain = run_plain(events, max_tokens=1)
     assert stream.completion.finish_reason == plain.finish_reason == "length"
@@ -544,15 +550,8 @@ def test_max_tokens_cut_inside_message_separator_agrees() -> None:
     assert plain.text() == stream.completion.text()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a retry whose new attempt ends (task_complete) before repeating all of the "
-    "already-streamed text finishes the stream with 'stop' and the abandoned attempt's longer "
-    "text, while non-stream answers the shorter second attempt; lifecycle.md Content: a new "
-    "attempt that diverges from what was sent must end the stream with upstream_retry_diverged",
-)
 def test_retry_shorter_than_sent_text_is_divergence() -> None:
-    events = [Delta("Hello world"), Retry("r"), Delta("Hello"), Message("Hello"),
+    events: list[Event] = [Delta("Hello world"), Retry("r"), Delta("Hello"), Message("Hello"),
               TaskComplete("Hello")]
     plain = run_plain(events)
     assert plain.text() == "Hello"
@@ -566,7 +565,7 @@ def test_retry_then_error_without_new_text() -> None:
     so the stream finishes 'length' ("error after answer text was delivered"); non-stream
     discarded that text and has none, so it fails 502. Not one of the two documented
     differences; see the report."""
-    events = [Delta("Hello"), Retry("r"), Error("boom"), TaskComplete(None)]
+    events: list[Event] = [Delta("Hello"), Retry("r"), Error("boom"), TaskComplete(None)]
     stream = run_stream(events)
     assert (stream.completion.finish_reason, stream.completion.text()) == ("length", "Hello")
     plain = run_plain(events)

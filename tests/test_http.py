@@ -212,7 +212,7 @@ BAD_BODIES: list[tuple[str, Any, int, str, str | None]] = [
     ("stream_options not object", chat_body(stream=True, stream_options=True), 400,
      "invalid_request_error", "stream_options"),
     ("include_usage not bool", chat_body(stream=True, stream_options={"include_usage": "yes"}),
-     400, "invalid_request_error", "include_usage"),
+     400, "invalid_request_error", "stream_options.include_usage"),
 ]
 
 
@@ -351,7 +351,9 @@ async def test_child_argv_and_env(start_proxy: StartProxy, tmp_path: Path) -> No
     assert submission["id"] == resp.headers["x-request-id"]
 
 
-async def test_prompt_flattening_of_parts_and_roles(start_proxy: StartProxy, tmp_path: Path) -> None:
+async def test_prompt_flattening_of_parts_and_roles(
+    start_proxy: StartProxy, tmp_path: Path
+) -> None:
     record = tmp_path / "record"
     record.mkdir()
     proxy = await start_proxy(child_env={"FAKE_CODEX_RECORD": str(record)})
@@ -437,8 +439,7 @@ async def test_usage_records_and_endpoints(proxy: Proxy) -> None:
         await client.post("/v1/chat/completions", json=chat_body(), headers=AUTH)
         await proxy.wait_idle()
         with trio.fail_after(10):
-            while not proxy.settings.token_log_path.exists():
-                await trio.sleep(0.01)
+            await proxy.state.usage_log.written.wait_value(1)
         raw = await client.get("/v1/usage/raw?limit=5", headers=AUTH)
         summary = await client.get("/v1/usage?group=hour", headers=AUTH)
         metrics = await client.get("/metrics")

@@ -48,9 +48,8 @@ async def usage_records(proxy: Proxy, count: int) -> list[dict[str, Any]]:
     """The usage log once ``count`` records are in it (the writer is asynchronous by design)."""
     await proxy.wait_idle()
     with trio.fail_after(10):
-        while len(records := read_usage(proxy.settings.token_log_path)) < count:
-            await trio.sleep(0.01)
-    return records
+        await proxy.state.usage_log.written.wait_value(lambda written: written >= count)
+    return read_usage(proxy.settings.token_log_path)
 
 
 # ---------------------------------------------------------------------------- AC2: truncation
@@ -98,11 +97,12 @@ async def test_crash_without_text(proxy: Proxy) -> None:
 async def test_finish_usage_done_leave_in_one_write(proxy: Proxy) -> None:
     """At task_complete the finish chunk, the usage chunk and [DONE] are one socket write."""
     writes: list[bytes] = []
-    async with proxy.client() as client:
-        async with client.stream("POST", "/v1/chat/completions", headers=AUTH,
-                                 json=stream_body("SCENARIO=slow DELTAS=3 DELAY_MS=30")) as resp:
-            async for chunk in resp.aiter_raw():
-                writes.append(chunk)
+    body = stream_body("SCENARIO=slow DELTAS=3 DELAY_MS=30")
+    async with proxy.client() as client, client.stream(
+        "POST", "/v1/chat/completions", headers=AUTH, json=body
+    ) as resp:
+        async for chunk in resp.aiter_raw():
+            writes.append(chunk)
     raw = b"".join(writes)
     checked(raw)
     last = writes[-1]
@@ -220,9 +220,8 @@ async def test_codex_error_message_has_no_paths(proxy: Proxy) -> None:
 async def test_codex_08_error_needs_no_task_complete(proxy: Proxy) -> None:
     """0.8.0 prints nothing after `error` and stays alive: answer at the error, not at a timeout."""
     async with proxy.client() as client:
-        with trio.fail_after(10):
-            resp = await client.post("/v1/chat/completions",
-                                     json=chat_body("SCENARIO=error_08"), headers=AUTH)
+        resp = await client.post("/v1/chat/completions",
+                                 json=chat_body("SCENARIO=error_08"), headers=AUTH)
     assert resp.status_code == 502
     await proxy.wait_idle()
 
@@ -332,9 +331,8 @@ async def test_idle_timeouts(start_proxy: StartProxy) -> None:
 async def test_stderr_is_not_activity(start_proxy: StartProxy) -> None:
     proxy = await start_proxy(stream_idle_timeout_ms=300)
     async with proxy.client() as client:
-        with trio.fail_after(20):
-            _, raw = await read_stream(client, "/v1/chat/completions",
-                                       stream_body("SCENARIO=stderr_hang"))
+        _, raw = await read_stream(client, "/v1/chat/completions",
+                                   stream_body("SCENARIO=stderr_hang"))
     text, finish, _ = checked(raw)
     assert (text, finish) == ("Hello! This is", "length")
 
@@ -377,15 +375,16 @@ async def test_keepalive_comments_and_opt_outs(start_proxy: StartProxy) -> None:
 
 
 async def test_finalize_now_ends_streams_with_length_and_usage(proxy: Proxy) -> None:
-    async with proxy.client() as client:
-        async with client.stream("POST", "/v1/chat/completions", headers=AUTH,
-                                 json=stream_body("SCENARIO=stream_hang")) as resp:
-            chunks: list[bytes] = []
-            async for chunk in resp.aiter_raw():
-                chunks.append(chunk)
-                # stream_hang sends exactly three deltas and then nothing: finalize after the third.
-                if b'" is"' in b"".join(chunks) and not proxy.lifecycle.finalize_now.is_set():
-                    proxy.lifecycle.finalize()
+    chunks: list[bytes] = []
+    body = stream_body("SCENARIO=stream_hang")
+    async with proxy.client() as client, client.stream(
+        "POST", "/v1/chat/completions", headers=AUTH, json=body
+    ) as resp:
+        async for chunk in resp.aiter_raw():
+            chunks.append(chunk)
+            # stream_hang sends exactly three deltas and then nothing: finalize after the third.
+            if b'" is"' in b"".join(chunks) and not proxy.lifecycle.finalize_now.is_set():
+                proxy.lifecycle.finalize()
     text, finish, usage = checked(b"".join(chunks))
     assert (text, finish) == ("Hello! This is", "length") and usage is not None
     await proxy.wait_idle()
@@ -410,12 +409,13 @@ async def test_finalize_without_text_nonstream_is_503(proxy: Proxy) -> None:
 
 
 async def test_disconnect_ends_child_releases_slot_records_usage(proxy: Proxy) -> None:
-    async with proxy.client() as client:
-        async with client.stream("POST", "/v1/chat/completions", headers=AUTH,
-                                 json=stream_body("SCENARIO=slow DELTAS=200 DELAY_MS=50")) as resp:
-            async for chunk in resp.aiter_raw():
-                if b"content" in chunk:
-                    break  # leave mid-stream
+    body = stream_body("SCENARIO=slow DELTAS=200 DELAY_MS=50")
+    async with proxy.client() as client, client.stream(
+        "POST", "/v1/chat/completions", headers=AUTH, json=body
+    ) as resp:
+        async for chunk in resp.aiter_raw():
+            if b"content" in chunk:
+                break  # leave mid-stream
     records = await usage_records(proxy, 1)
     assert records[0]["outcome"] == "client_disconnect"
     assert records[0]["child_exit"] in ("sigterm", "exited")
@@ -425,9 +425,9 @@ async def test_disconnect_ends_child_releases_slot_records_usage(proxy: Proxy) -
 
 async def test_disconnect_without_kill_lets_turn_finish(start_proxy: StartProxy) -> None:
     proxy = await start_proxy(kill_on_disconnect=False)
+    body = stream_body("SCENARIO=slow DELTAS=10 DELAY_MS=50")
     async with proxy.client() as client:
-        async with client.stream("POST", "/v1/chat/completions", headers=AUTH,
-                                 json=stream_body("SCENARIO=slow DELTAS=10 DELAY_MS=50")) as resp:
+        async with client.stream("POST", "/v1/chat/completions", headers=AUTH, json=body) as resp:
             async for chunk in resp.aiter_raw():
                 if b"content" in chunk:
                     break

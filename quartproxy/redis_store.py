@@ -1,0 +1,146 @@
+"""Shared admission state in Redis: concurrency leases and rate-limit windows.
+
+Client choice: redis-py, the reference client, called through ``trio.to_thread`` with a small
+thread limiter. Its asyncio API cannot run under trio, and the trio-native clients have not
+been maintained for years; a worker-thread hop costs about 0.1 ms, nothing beside the ~100 ms
+of starting a codex child, and keeps protocol handling in a library that is tested everywhere.
+
+Every decision is one Lua script, so it is atomic across replicas, and every script reads the
+time from Redis (``TIME``) so replicas with skewed clocks still agree on expiry:
+
+* a concurrency slot is a member of a sorted set scored by its expiry; acquiring first drops
+  expired members (a replica killed with SIGKILL loses its slots within the lease TTL), then
+  checks the count against the limit and adds the lease in the same step;
+* a live child's lease is refreshed every third of the TTL;
+* a rate-limit window is an ``INCR`` on a key that expires with the window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import redis
+import trio
+
+T = TypeVar("T")
+
+ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl, child_limit, stream_limit = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local is_stream = ARGV[5] == '1'
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local children = redis.call('ZCARD', KEYS[1])
+local streams = redis.call('ZCARD', KEYS[2])
+if child_limit > 0 and children >= child_limit then
+  return {0, 'children', children, streams}
+end
+if is_stream and stream_limit > 0 and streams >= stream_limit then
+  return {0, 'streams', children, streams}
+end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ttl * 2)
+if is_stream then
+  redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
+  redis.call('PEXPIRE', KEYS[2], ttl * 2)
+end
+return {1, '', children, streams}
+"""
+
+REFRESH = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+local kept = redis.call('ZADD', KEYS[1], 'XX', 'CH', now + ttl, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ttl * 2)
+if ARGV[3] == '1' then
+  redis.call('ZADD', KEYS[2], 'XX', now + ttl, ARGV[1])
+  redis.call('PEXPIRE', KEYS[2], ttl * 2)
+end
+return redis.call('ZSCORE', KEYS[1], ARGV[1]) and 1 or 0
+"""
+
+HIT = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return {count, redis.call('PTTL', KEYS[1])}
+"""
+
+
+class RedisUnavailable(Exception):
+    """Redis could not answer; callers fall back to per-process limits."""
+
+
+class RedisStore:
+    def __init__(self, url: str, *, prefix: str = "quartproxy", timeout_s: float = 0.5) -> None:
+        self.url = url
+        self._client = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry_on_timeout=False,
+            decode_responses=True,
+        )
+        self._children_key = f"{prefix}:slots:children"
+        self._streams_key = f"{prefix}:slots:streams"
+        self._prefix = prefix
+        self._acquire = self._client.register_script(ACQUIRE)
+        self._refresh = self._client.register_script(REFRESH)
+        self._hit = self._client.register_script(HIT)
+        self._limiter = trio.CapacityLimiter(8)
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        try:
+            return await trio.to_thread.run_sync(fn, limiter=self._limiter, abandon_on_cancel=True)
+        except (redis.RedisError, OSError) as exc:
+            raise RedisUnavailable(str(exc) or type(exc).__name__) from exc
+
+    async def ping(self) -> None:
+        await self._call(self._client.ping)
+
+    async def acquire(
+        self, lease: str, *, stream: bool, child_limit: int, stream_limit: int, ttl_ms: int
+    ) -> tuple[bool, str, int, int]:
+        """(granted, which limit blocked, children before, streams before)."""
+        keys = [self._children_key, self._streams_key]
+        args: list[str | int] = [lease, ttl_ms, child_limit, stream_limit, "1" if stream else "0"]
+        result: Any = await self._call(lambda: self._acquire(keys=keys, args=args))
+        return bool(int(result[0])), str(result[1]), int(result[2]), int(result[3])
+
+    async def refresh(self, lease: str, *, stream: bool, ttl_ms: int) -> bool:
+        keys = [self._children_key, self._streams_key]
+        args: list[str | int] = [lease, ttl_ms, "1" if stream else "0"]
+        result: Any = await self._call(lambda: self._refresh(keys=keys, args=args))
+        return bool(int(result))
+
+    async def release(self, lease: str) -> None:
+        def remove() -> None:
+            pipe = self._client.pipeline()
+            pipe.zrem(self._children_key, lease)
+            pipe.zrem(self._streams_key, lease)
+            pipe.execute()
+
+        await self._call(remove)
+
+    async def counts(self) -> tuple[int, int]:
+        def count() -> tuple[int, int]:
+            pipe = self._client.pipeline()
+            pipe.zcard(self._children_key)
+            pipe.zcard(self._streams_key)
+            children, streams = pipe.execute()
+            return int(children), int(streams)
+
+        return await self._call(count)
+
+    async def hit(self, ident: str, window_ms: int, window_index: int) -> tuple[int, int]:
+        """Count one request in the key's current window: (count, ms until the window ends)."""
+        key = f"{self._prefix}:rate:{ident}:{window_index}"
+        result: Any = await self._call(lambda: self._hit(keys=[key], args=[window_ms]))
+        return int(result[0]), int(result[1])
+
+    def close(self) -> None:
+        self._client.close()
