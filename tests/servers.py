@@ -131,7 +131,7 @@ class RedisServer:
         )
         with trio.fail_after(20):
             # Another process's readiness: nothing to wait on but its answer to PING.
-            while not await self.ping():
+            while not await self.ping():  # noqa: ASYNC110
                 await trio.sleep(0.02)
         return self
 

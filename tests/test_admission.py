@@ -254,7 +254,7 @@ async def test_sigkilled_replica_frees_its_slots_within_ttl(
             # The dead replica cannot release: its leases must expire within the TTL.
             with trio.fail_after(ttl_ms / 1000 * 2 + 5):
                 # Expiry happens inside Redis, by its clock: ask until the leases are gone.
-                while (await b.get("/__test/conc")).json()["streams"] != 0:
+                while (await b.get("/__test/conc")).json()["streams"] != 0:  # noqa: ASYNC110
                     await trio.sleep(0.1)
             async with open_stream(b) as x, open_stream(b) as y, open_stream(b) as z:
                 assert [x.status_code, y.status_code, z.status_code] == [200, 200, 200]
