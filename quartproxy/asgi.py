@@ -9,7 +9,9 @@ and its helpers in it with ``nursery.start``. Consequences, all deliberate:
   request: the nursery cannot exit before the child is reaped;
 * a disconnect cancels the child's tasks exactly like it cancels the body — no "request body
   finished" heuristics;
-* the access log is written once, after the nursery has exited, with the real final status.
+* the access log is written once, after the nursery has exited, with the real final status;
+* the last send of a response is shielded: Hypercorn closes or recycles the connection inside
+  it, and must not be cancelled half-way by the disconnect that this very close announces.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from .admission import Slot
 from .observability import utc_now_iso
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+# Upper bound for the shielded last send of a response (see ExchangeConnection).
+FINAL_SEND_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -109,8 +113,19 @@ class ExchangeConnection(TrioASGIHTTPConnection):
         async def tracking_send(message: ASGISendEvent) -> None:
             if message["type"] == "http.response.start":
                 exchange.status = message["status"]
-            elif message["type"] == "http.response.body" and exchange.first_byte_at is None:
-                exchange.first_byte_at = time.perf_counter()
+            elif message["type"] == "http.response.body":
+                if exchange.first_byte_at is None:
+                    exchange.first_byte_at = time.perf_counter()
+                if not message.get("more_body", False):
+                    # Hypercorn recycles or closes the connection inside this call, and the
+                    # http.disconnect that produces makes quart-trio cancel this nursery at
+                    # once. Unshielded, that cancel lands in the middle of the close: the
+                    # socket stays open and a draining server waits for it until its graceful
+                    # timeout. Bounded, so a client that stopped reading cannot hold it.
+                    deadline = trio.current_time() + FINAL_SEND_TIMEOUT_S
+                    with trio.CancelScope(shield=True, deadline=deadline):
+                        await send(message)
+                    return
             await send(message)
 
         request = self._create_request_from_scope(tracking_send)

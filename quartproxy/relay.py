@@ -33,6 +33,9 @@ from .render import StreamRenderer
 log = logging.getLogger("quartproxy.relay")
 
 OUTBOX_HIGH_WATER = 1 << 20
+# Once the shutdown deadline has passed, a child that ignores SIGTERM gets this long, not the
+# full PROXY_CHILD_KILL_GRACE_MS: the process must exit within grace + 2 s.
+SHUTDOWN_KILL_GRACE_S = 0.5
 
 
 def _is_cancellation(exc: BaseException) -> bool:
@@ -182,8 +185,11 @@ class Relay:
             self.client_gone = True
             self.completion.end(End.DISCONNECT)
         self._close_outbox()
+        grace = self.timing.kill_grace
+        if self.lifecycle.finalize_now.is_set():
+            grace = min(grace, SHUTDOWN_KILL_GRACE_S)
         with trio.CancelScope(shield=True):
-            self.exit = await child.end(process, self.timing.kill_grace)
+            self.exit = await child.end(process, grace)
             try:
                 await self.on_done(self)
             except Exception:
