@@ -33,6 +33,7 @@ from .models import ModelCatalog
 from .observability import Metrics, UsageLog, read_usage, utc_now_iso, write_access
 from .relay import Relay, Timing
 from .render import StreamRenderer, json_body
+from .toolblocks import ToolPolicy
 from .validation import CompletionRequest, parse_chat, parse_legacy
 
 log = logging.getLogger("quartproxy.app")
@@ -113,6 +114,13 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ProxyA
     )
     app.state = state
     lc = state.lifecycle
+    tool_policy = ToolPolicy(
+        stop_after=settings.stop_after_tools,
+        mode=settings.stop_after_tools_mode,
+        grace_s=settings.stop_after_tools_grace_ms / 1000,
+        max_blocks=settings.tool_block_max,
+        suppress_tail=settings.suppress_tail_after_tools,
+    )
 
     @app.before_serving
     async def _start() -> None:
@@ -403,7 +411,8 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ProxyA
             if req.stream else None
         )
         completion = Completion(
-            stream=req.stream, prompt_chars=len(req.prompt), max_tokens=req.max_tokens
+            stream=req.stream, prompt_chars=len(req.prompt), max_tokens=req.max_tokens,
+            tools=tool_policy,
         )
         timing = Timing(
             total=settings.timeout_ms / 1000,

@@ -24,11 +24,14 @@ Rules kept here (from the spec's lifecycle section):
    besides rule 2.
 4. ``max_tokens`` is counted with the estimator on the delivered text; crossing it cuts the text
    at the limit and finishes with ``length``.
-5. Every way a turn can end maps to one terminal output (the finish_reason table): ``stop`` (or
+5. With tool-block handling on (:mod:`.toolblocks`), delivered text passes a gate that holds
+   back the tail after the last complete ``<use_tool>`` block; a stop-after-tools cut finishes
+   with ``stop``. Both renderings read the gated text.
+6. Every way a turn can end maps to one terminal output (the finish_reason table): ``stop`` (or
    the reason task_complete carries) when codex finishes; ``length`` when the turn is cut with
    answer text in hand (truncation, deadlines, shutdown, max_tokens, an error after text); an
    error without answer text is :class:`Failed` with the matching status.
-6. After the terminal output the state is frozen: later inputs change nothing. Token counts are
+7. After the terminal output the state is frozen: later inputs change nothing. Token counts are
    kept as soon as they arrive. A whole-turn total (0.34+) replaces an earlier one; the flat
    per-response counts of 0.8–0.29 add up (a tool call spans several responses);
    ``info: null`` is ignored.
@@ -53,6 +56,7 @@ from .protocol import (
     TokenCount,
     TurnAborted,
 )
+from .toolblocks import ToolBlockGate, ToolPolicy
 from .usage import Usage, make_usage
 
 FINISH_REASONS = frozenset({"stop", "length", "content_filter", "tool_calls"})
@@ -67,6 +71,7 @@ class End(enum.Enum):
     IDLE = "idle"  # no stdout event for the idle deadline
     EARLY_FINALIZE = "early_finalize"  # PROXY_NONSTREAM_TRUNCATE_AFTER_MS
     SHUTDOWN = "shutdown"  # the server's drain deadline passed
+    TOOL_CUT = "tool_cut"  # stop-after-tools (burst): no new tool block within the grace
     DISCONNECT = "disconnect"  # the client went away: nothing more is written
 
 
@@ -140,8 +145,18 @@ class _Message:
 
 
 class Completion:
-    def __init__(self, *, stream: bool, prompt_chars: int, max_tokens: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        stream: bool,
+        prompt_chars: int,
+        max_tokens: int | None = None,
+        tools: ToolPolicy | None = None,
+    ) -> None:
         self.stream = stream
+        self.tools = tools if tools is not None and tools.active else None
+        self._gate = ToolBlockGate() if self.tools is not None else None
+        self._released: list[str] = []  # what passed the tool-block gate
         self.prompt_chars = prompt_chars
         self.limit_chars = max_tokens * 4 if max_tokens else None
         self.counts: Counts | None = None
@@ -172,6 +187,10 @@ class Completion:
     def error(self) -> ApiError | None:
         return self.outcome.error if isinstance(self.outcome, Failed) else None
 
+    @property
+    def tool_blocks(self) -> int:
+        return self._gate.blocks if self._gate is not None else 0
+
     def has_text(self) -> bool:
         if self.stream:
             return self._sent_len > 0
@@ -179,6 +198,8 @@ class Completion:
 
     def text(self) -> str:
         """The answer a non-stream response carries (and what a stream has sent)."""
+        if self._gate is not None:
+            return "".join(self._released)
         if self.stream:
             return "".join(self._sent)
         if self._cut_text is not None:
@@ -241,6 +262,8 @@ class Completion:
                 self._finish("length", out)
             else:
                 self._fail(errors.shutting_down(), out)
+        elif cause is End.TOOL_CUT:
+            self._finish("stop", out)
         elif cause is End.EOF:
             self._terminate_with_text_or(
                 out, errors.backend_error("codex exited before completing the answer.")
@@ -315,6 +338,9 @@ class Completion:
         else:
             self._sent = []
             self._sent_len = 0
+            if self._gate is not None:
+                self._gate = ToolBlockGate()
+                self._released = []
 
     def _deliver(self, text: str, out: list[Output]) -> None:
         if self._replay is not None:
@@ -350,7 +376,18 @@ class Completion:
     def _emit(self, text: str, out: list[Output]) -> None:
         self._sent.append(text)
         self._sent_len += len(text)
-        out.append(Content(text))
+        gate = self._gate
+        if gate is None:
+            out.append(Content(text))
+            return
+        before = gate.blocks
+        released = gate.feed(text)
+        if released:
+            self._released.append(released)
+            out.append(Content(released))
+        assert self.tools is not None
+        if gate.blocks > before and self.tools.cut_now(gate.blocks):
+            self._finish("stop", out)
 
     # ----------------------------------------------------------------------------- endings
 
@@ -364,6 +401,11 @@ class Completion:
 
     def _finish(self, reason: str, out: list[Output]) -> None:
         if self.outcome is None:
+            if self._gate is not None:
+                rest = self._gate.finish()
+                if rest:
+                    self._released.append(rest)
+                    out.append(Content(rest))
             self.outcome = Finished(reason)
             out.append(self.outcome)
 

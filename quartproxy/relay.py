@@ -143,6 +143,8 @@ class Relay:
         self._scope: trio.CancelScope | None = None
         self._last_activity = self.started_at
         self._shutdown_hit = False
+        self._tool_deadline = float("inf")  # stop-after-tools burst grace
+        self._tool_blocks_seen = 0
 
     # ------------------------------------------------------------------------ lifecycle
 
@@ -254,6 +256,7 @@ class Relay:
                         break
                 if active:
                     self._last_activity = trio.current_time()
+                    self._arm_tool_grace()
                     self._set_deadline()
                 if outputs:
                     self._deliver(outputs)
@@ -279,8 +282,17 @@ class Relay:
         total = self.timing.total
         return self.started_at + total if total > 0 else float("inf")
 
+    def _arm_tool_grace(self) -> None:
+        """Burst mode: every newly completed tool block restarts the grace before the cut."""
+        tools = self.completion.tools
+        blocks = self.completion.tool_blocks
+        if tools is not None and tools.stop_after and blocks > self._tool_blocks_seen:
+            self._tool_blocks_seen = blocks
+            if tools.mode == "burst":
+                self._tool_deadline = trio.current_time() + tools.grace_s
+
     def _deadlines(self) -> list[tuple[float, End]]:
-        deadlines = [(self._request_deadline(), End.TIMEOUT)]
+        deadlines = [(self._request_deadline(), End.TIMEOUT), (self._tool_deadline, End.TOOL_CUT)]
         if self.timing.idle > 0:
             deadlines.append((self._last_activity + self.timing.idle, End.IDLE))
         if self.timing.early_finalize > 0 and self.outbox is None and not self.client_gone:
