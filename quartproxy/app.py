@@ -30,7 +30,7 @@ from .config import Settings
 from .errors import ApiError
 from .lifecycle import Lifecycle
 from .models import ModelCatalog
-from .observability import Metrics, UsageLog, read_usage, utc_now_iso, write_access
+from .observability import Metrics, NdjsonLog, read_usage, utc_now_iso, write_access
 from .relay import Relay, Timing
 from .render import StreamRenderer, json_body
 from .toolblocks import ToolPolicy
@@ -70,7 +70,8 @@ class AppState:
     catalog: ModelCatalog
     admission: Admission
     metrics: Metrics
-    usage_log: UsageLog
+    usage_log: NdjsonLog
+    proto_log: NdjsonLog | None
     api_keys: list[bytes]
     child_env: dict[str, str]
     background: trio.Nursery | None = None
@@ -108,7 +109,9 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ProxyA
         catalog=ModelCatalog(settings),
         admission=Admission(settings, metrics),
         metrics=metrics,
-        usage_log=UsageLog(settings.token_log_path),
+        usage_log=NdjsonLog(settings.token_log_path),
+        proto_log=NdjsonLog(settings.proto_log_path) if settings.log_proto or settings.dev
+        else None,
         api_keys=[key.encode() for key in keys],
         child_env=child.child_env(settings),
     )
@@ -126,6 +129,8 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ProxyA
     async def _start() -> None:
         child.prepare_dirs(settings)
         await app.nursery.start(state.usage_log.run)
+        if state.proto_log is not None:
+            await app.nursery.start(state.proto_log.run)
         state.background = app.nursery if not settings.kill_on_disconnect else None
         state.admission.background = app.nursery
         if state.admission.redis is not None:
@@ -138,6 +143,8 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ProxyA
     @app.after_serving
     async def _stop() -> None:
         state.usage_log.close()
+        if state.proto_log is not None:
+            state.proto_log.close()
         state.admission.close()
 
     # ------------------------------------------------------------------ cross-cutting
@@ -428,8 +435,16 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ProxyA
             state.live.value -= 1
             record_usage(exchange, req, relay)
 
+        proto_log = state.proto_log
+
+        def log_line(line: bytes) -> None:
+            if proto_log is not None:
+                proto_log.record({"ts": utc_now_iso(), "req_id": exchange.request_id,
+                                  "line": line.decode("utf-8", "replace")})
+
         relay = Relay(
             request_id=exchange.request_id,
+            on_line=log_line if proto_log is not None else None,
             prompt=req.prompt,
             completion=completion,
             launch=launch,

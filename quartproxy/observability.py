@@ -2,7 +2,7 @@
 
 * Access log: one line per finished or aborted HTTP request on stdout (JSON by default), never
   the key, never the prompt.
-* Usage records: one NDJSON line per request that spawned a child, appended by a single writer
+* Usage records (and, in dev, the proto event log): NDJSON lines appended by a single writer
   task in a worker thread, so a slow disk never stalls the event loop and concurrent requests
   never interleave half lines (each line is one ``write`` on an ``O_APPEND`` descriptor, which
   also keeps lines whole when several processes share the file).
@@ -91,8 +91,9 @@ def write_access(fields: dict[str, Any]) -> None:
     access_logger.info("access", extra={"fields": fields})
 
 
-class UsageLog:
-    """Appends usage records from one writer task; :meth:`record` never blocks."""
+class NdjsonLog:
+    """Appends records (usage, proto events) from one writer task; :meth:`record` never
+    blocks."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

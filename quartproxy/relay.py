@@ -122,6 +122,7 @@ class Relay:
         renderer: StreamRenderer | None,
         on_done: Callable[[Relay], Awaitable[None]],
         background: trio.Nursery | None = None,
+        on_line: Callable[[bytes], None] | None = None,
     ) -> None:
         self.request_id = request_id
         self.prompt = prompt
@@ -133,6 +134,7 @@ class Relay:
         self.outbox: Outbox | None = Outbox() if renderer is not None else None
         self.on_done = on_done
         self.background = background  # set only when a disconnect should not kill the child
+        self.on_line = on_line  # proto event log (dev / PROXY_LOG_PROTO)
         self.decided = trio.Event()
         self.stderr = StderrTail()
         self.exit: ExitInfo | None = None
@@ -243,6 +245,8 @@ class Relay:
                 outputs: list[Output] = []
                 active = False
                 for line in self._lines.feed(bytes(chunk)):
+                    if self.on_line is not None:
+                        self.on_line(line)
                     try:
                         event = parse_line(line)
                     except NotAnEvent as exc:

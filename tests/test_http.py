@@ -449,3 +449,21 @@ async def test_usage_records_and_endpoints(proxy: Proxy) -> None:
     assert record["outcome"] == "ok" and record["status"] == 200
     assert summary.json()["data"][0]["requests"] == 1
     assert b"quartproxy_requests_total" in metrics.content
+
+
+async def test_proto_event_log(start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(log_proto=True)
+    async with proxy.client() as client:
+        resp = await client.post("/v1/chat/completions", json=chat_body(), headers=AUTH)
+    await proxy.wait_idle()
+    assert proxy.state.proto_log is not None
+    with trio.fail_after(10):
+        await proxy.state.proto_log.written.wait_value(lambda n: n >= 15)
+    lines = [json.loads(line) for line in proxy.settings.proto_log_path.read_text().splitlines()]
+    assert {line["req_id"] for line in lines} == {resp.headers["x-request-id"]}
+    types = [json.loads(line["line"])["msg"]["type"] for line in lines]
+    assert types[0] == "session_configured" and types[-1] == "task_complete"
+
+
+async def test_no_proto_log_by_default(proxy: Proxy) -> None:
+    assert proxy.state.proto_log is None
