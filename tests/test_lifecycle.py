@@ -37,6 +37,15 @@ def checked(raw: bytes, *, include_usage: bool = True, legacy: bool = False) -> 
     return contract.collect_stream_content(raw)
 
 
+async def both(proxy: Proxy, prompt: str, **extra: Any) -> tuple[bytes, httpx.Response]:
+    """The same prompt as a stream (raw bytes) and as a non-stream request."""
+    async with proxy.client() as client:
+        _, raw = await read_stream(client, "/v1/chat/completions", stream_body(prompt, **extra))
+        resp = await client.post("/v1/chat/completions", json=chat_body(prompt, **extra),
+                                 headers=AUTH)
+    return raw, resp
+
+
 def error_frame(raw: bytes) -> dict[str, Any]:
     frames = [f.json for f in contract.parse_sse(raw) if isinstance(f.json, dict)]
     errors = [f["error"] for f in frames if "error" in f]
@@ -231,22 +240,14 @@ async def test_codex_08_error_needs_no_task_complete(proxy: Proxy) -> None:
 
 @pytest.mark.parametrize("scenario", ["retry_replay", "retry_08"])
 async def test_retry_replay_never_duplicates(proxy: Proxy, scenario: str) -> None:
-    async with proxy.client() as client:
-        _, raw = await read_stream(client, "/v1/chat/completions",
-                                   stream_body(f"SCENARIO={scenario}"))
-        resp = await client.post("/v1/chat/completions", json=chat_body(f"SCENARIO={scenario}"),
-                                 headers=AUTH)
+    raw, resp = await both(proxy, f"SCENARIO={scenario}")
     text, finish, _ = checked(raw)
     assert (text, finish) == (NORMAL_TEXT, "stop")
     assert resp.json()["choices"][0]["message"]["content"] == NORMAL_TEXT
 
 
 async def test_diverging_retry(proxy: Proxy) -> None:
-    async with proxy.client() as client:
-        _, raw = await read_stream(client, "/v1/chat/completions",
-                                   stream_body("SCENARIO=retry_diverge"))
-        resp = await client.post("/v1/chat/completions",
-                                 json=chat_body("SCENARIO=retry_diverge"), headers=AUTH)
+    raw, resp = await both(proxy, "SCENARIO=retry_diverge")
     text, finish, usage = checked(raw)
     assert text == "This stream will be" and finish is None and usage is None
     assert error_frame(raw)["code"] == "upstream_retry_diverged"
@@ -255,11 +256,7 @@ async def test_diverging_retry(proxy: Proxy) -> None:
 
 
 async def test_incomplete_replays_end_in_length(proxy: Proxy) -> None:
-    async with proxy.client() as client:
-        _, raw = await read_stream(client, "/v1/chat/completions",
-                                   stream_body("SCENARIO=incomplete TOKENS=nested_rl"))
-        resp = await client.post("/v1/chat/completions",
-                                 json=chat_body("SCENARIO=incomplete"), headers=AUTH)
+    raw, resp = await both(proxy, "SCENARIO=incomplete")
     text, finish, _ = checked(raw)
     assert finish == "length"
     assert resp.json()["choices"][0]["finish_reason"] == "length"
@@ -275,11 +272,7 @@ async def test_incomplete_replays_end_in_length(proxy: Proxy) -> None:
      ("stderr_flood", "stop"), ("empty", "stop"), ("multi_chunk", "stop")],
 )
 async def test_stream_and_nonstream_agree(proxy: Proxy, scenario: str, finish: str) -> None:
-    async with proxy.client() as client:
-        _, raw = await read_stream(client, "/v1/chat/completions",
-                                   stream_body(f"SCENARIO={scenario}"))
-        resp = await client.post("/v1/chat/completions", json=chat_body(f"SCENARIO={scenario}"),
-                                 headers=AUTH)
+    raw, resp = await both(proxy, f"SCENARIO={scenario}")
     text, got, usage = checked(raw)
     body = resp.json()
     assert got == finish == body["choices"][0]["finish_reason"]
@@ -290,11 +283,7 @@ async def test_stream_and_nonstream_agree(proxy: Proxy, scenario: str, finish: s
 
 
 async def test_message_contradicting_deltas(proxy: Proxy) -> None:
-    async with proxy.client() as client:
-        _, raw = await read_stream(client, "/v1/chat/completions",
-                                   stream_body("SCENARIO=message_mismatch"))
-        resp = await client.post("/v1/chat/completions",
-                                 json=chat_body("SCENARIO=message_mismatch"), headers=AUTH)
+    raw, resp = await both(proxy, "SCENARIO=message_mismatch")
     streamed, _, _ = checked(raw)
     answered = resp.json()["choices"][0]["message"]["content"]
     assert streamed and answered and streamed != answered  # stream keeps what it sent
