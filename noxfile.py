@@ -43,3 +43,116 @@ def bench(session: nox.Session) -> None:
     """Throughput, first-chunk latency, SSE chunk rate and memory per stream, in one run."""
     session.install("-e", ".[test]")
     session.run("python", "benchmarks/bench.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def goldens(session: nox.Session) -> None:
+    """Regenerate fixtures/goldens/*.golden from the real server, then show what changed.
+
+    Not in the default set: the `tests` session compares against the stored goldens and fails on
+    any difference; only this session (QUARTPROXY_UPDATE_GOLDENS=1) writes them.
+    """
+    import shutil
+
+    session.install("-e", ".[test]")
+    session.run("pytest", "-q", "tests/test_goldens.py", *session.posargs,
+                env={"QUARTPROXY_UPDATE_GOLDENS": "1"})
+    if shutil.which("git") is None:
+        session.log("git not found: review the changes in fixtures/goldens by hand")
+        return
+    # Outside a work tree git exits non-zero; that must not fail the regeneration.
+    session.run("git", "diff", "--stat", "--", "fixtures/goldens", external=True,
+                success_codes=[0, 128, 129])
+    session.run("git", "status", "--short", "--", "fixtures/goldens", external=True,
+                success_codes=[0, 128, 129])
+
+
+# ----------------------------------------------------------------------------- end-to-end
+# Not in the default set: they fetch npm packages (once, into .nox/cache) and take longer.
+
+E2E_CODEX_VERSIONS = ("0.36.0", "0.42.0")  # the captures' main target; the last with proto
+
+
+def _e2e_cache(name: str) -> str:
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".nox", "cache", name)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def _npm_installed(prefix: str, package: str, version: str | None = None) -> bool:
+    import json
+    import os
+
+    manifest = os.path.join(prefix, "node_modules", *package.split("/"), "package.json")
+    try:
+        with open(manifest) as fh:
+            found = json.load(fh).get("version")
+    except (OSError, ValueError):
+        return False
+    return version is None or found == version
+
+
+def _timed(session: nox.Session, label: str, started: float) -> None:
+    import time
+
+    session.log(f"timing: {label} took {time.monotonic() - started:.1f}s")
+
+
+@nox.session(python=PYTHON)
+def e2e(session: nox.Session) -> None:
+    """The proxy in front of the real Codex CLI (npm @openai/codex 0.36.0 and 0.42.0), talking
+    to fixtures/fake_responses_upstream.py. The codex packages are cached in .nox/cache/codex."""
+    import os
+    import time
+
+    t0 = time.monotonic()
+    session.install("-e", ".[test]")
+    _timed(session, "pip install", t0)
+    root = _e2e_cache("codex")
+    for version in E2E_CODEX_VERSIONS:
+        prefix = os.path.join(root, version)
+        if _npm_installed(prefix, "@openai/codex", version):
+            session.log(f"codex {version}: cached in {prefix}")
+            continue
+        t1 = time.monotonic()
+        session.run("npm", "install", "--prefix", prefix, "--no-audit", "--no-fund",
+                    "--loglevel=error", f"@openai/codex@{version}", external=True)
+        _timed(session, f"npm install @openai/codex@{version}", t1)
+    t2 = time.monotonic()
+    session.run("pytest", "-q", "tests/e2e/test_real_codex.py", *session.posargs,
+                env={"E2E_CODEX_ROOT": root})
+    _timed(session, "pytest tests/e2e/test_real_codex.py", t2)
+    _timed(session, "e2e session", t0)
+
+
+@nox.session(python=PYTHON)
+def clients(session: nox.Session) -> None:
+    """Real clients against the proxy (fake codex backend): openai-python sync/async, LangChain
+    ChatOpenAI and the openai npm SDK (cached in .nox/cache/node-openai)."""
+    import time
+
+    t0 = time.monotonic()
+    session.install("-e", ".[test]", "langchain-openai")
+    _timed(session, "pip install", t0)
+    node_dir = _e2e_cache("node-openai")
+    if _npm_installed(node_dir, "openai"):
+        session.log(f"openai npm SDK: cached in {node_dir}")
+    else:
+        t1 = time.monotonic()
+        session.run("npm", "install", "--prefix", node_dir, "--no-audit", "--no-fund",
+                    "--loglevel=error", "openai", external=True)
+        _timed(session, "npm install openai", t1)
+    t2 = time.monotonic()
+    session.run("pytest", "-q", "tests/e2e/test_clients.py", *session.posargs,
+                env={"E2E_CLIENTS": "1", "E2E_NODE_DIR": node_dir})
+    _timed(session, "pytest tests/e2e/test_clients.py", t2)
+    _timed(session, "clients session", t0)
+
+
+@nox.session(python=PYTHON)
+def release(session: nox.Session) -> None:
+    """sdist + wheel + CycloneDX SBOM + SHA256SUMS in dist/quartproxy-<version>-<sha>/."""
+    session.install("build>=1.2", "cyclonedx-bom>=4", "packaging", "pip>=22.3")
+    session.run("python", "deploy/release.py", "--out", "dist/", *session.posargs)
