@@ -84,8 +84,12 @@ def _serve(args: argparse.Namespace) -> int:
     if not settings.api_keys:
         generated = secrets.token_urlsafe(24)
         settings = settings.model_copy(update={"api_key": generated})
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
         print(
-            f"quartproxy: PROXY_API_KEY is not set; this run's API key is: {generated}",
+            f"quartproxy: PROXY_API_KEY is not set; this run's API key is: {generated}\n"
+            f"quartproxy: try: curl -s http://{host}:{settings.port}/v1/chat/completions "
+            f"-H 'Authorization: Bearer {generated}' -H 'Content-Type: application/json' "
+            """-d '{"model":"codex-5","messages":[{"role":"user","content":"Say hello"}]}'""",
             file=sys.stderr, flush=True,
         )
     configure_logging(fmt=settings.log_format, verbose=settings.dev)
@@ -99,11 +103,26 @@ def _serve(args: argparse.Namespace) -> int:
         trio.run(lambda: serve(settings, on_ready=ready))
     except KeyboardInterrupt:
         return 130
-    except OSError as exc:
-        print(f"quartproxy: cannot serve on {settings.host}:{settings.port}: {exc.strerror or exc}",
-              file=sys.stderr)
+    except (OSError, BaseExceptionGroup) as exc:
+        error = _first_os_error(exc)
+        if error is None:
+            raise
+        print(f"quartproxy: cannot serve on {settings.host}:{settings.port}: "
+              f"{error.strerror or error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _first_os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind a start-up failure, however deeply trio's nurseries grouped it."""
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first_os_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
