@@ -22,7 +22,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
-from . import child, errors
+from . import accounting, child, errors
 from .admission import Admission, Slot
 from .asgi import Exchange, ExchangeConnection, current_exchange
 from .completion import Completion
@@ -305,24 +305,9 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ProxyA
         group = request.args.get("group", "day")
         if group not in ("hour", "day"):
             raise errors.invalid("'group' must be 'hour' or 'day'.", "group")
-        start, end = request.args.get("start"), request.args.get("end")
         records = await trio.to_thread.run_sync(read_usage, settings.token_log_path)
-        width = 13 if group == "hour" else 10
-        buckets: dict[str, dict[str, int]] = {}
-        for record in records:
-            ts = str(record.get("ts", ""))
-            if (start and ts < start) or (end and ts >= end):
-                continue
-            bucket = buckets.setdefault(
-                ts[:width],
-                {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-            )
-            bucket["requests"] += 1
-            for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
-                value = record.get(key)
-                if isinstance(value, int):
-                    bucket[key] += value
-        data = [{"period": key, **value} for key, value in sorted(buckets.items())]
+        data = accounting.aggregate(records, group=group, start=request.args.get("start"),
+                                    end=request.args.get("end"))
         return {"object": "list", "group": group, "data": data}
 
     # ------------------------------------------------------------------ metrics, test hooks
@@ -485,53 +470,18 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ProxyA
 
     def record_usage(exchange: Exchange, req: CompletionRequest, relay: Relay) -> None:
         completion = relay.completion
-        usage = completion.usage()
-        cause = completion.end_cause
-        if relay.client_gone:
-            outcome = "client_disconnect"
-        elif cause is not None and cause.value in ("timeout", "idle", "early_finalize"):
-            outcome = "timeout"
-        elif cause is not None and cause.value == "shutdown":
-            outcome = "shutdown"
-        elif completion.error is not None:
-            outcome = "error"
-        else:
-            outcome = "ok"
-        exchange.outcome = outcome
+        record = accounting.usage_record(exchange, req, relay)
+        exchange.outcome = record["outcome"]
         if relay.exit is not None:
             state.metrics.child_exits.labels(relay.exit.cause).inc()
-        error = completion.error
-        status = error.status if error is not None else 200
         if relay.first_text_at is not None:
             state.metrics.ttft.observe(relay.first_text_at - relay.started_at)
-        now = trio.current_time()
-        if usage.source == "estimate":
+        if record["counts_source"] == "estimate":
             log.info("usage estimated (no token_count from codex)",
                      extra={"req_id": exchange.request_id})
         if completion.codex_error:
             log.warning("codex error: %s", completion.codex_error.splitlines()[0][:300],
                         extra={"req_id": exchange.request_id})
-        state.usage_log.record({
-            "ts": utc_now_iso(),
-            "req_id": exchange.request_id,
-            "route": exchange.route,
-            "model": req.model,
-            "effective_model": req.effective_model,
-            "stream": req.stream,
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens,
-            "counts_source": usage.source,
-            "finish_reason": completion.finish_reason,
-            "outcome": outcome,
-            "duration_ms": round((now - relay.started_at) * 1000, 1),
-            "ttft_ms": (
-                round((relay.first_text_at - relay.started_at) * 1000, 1)
-                if relay.first_text_at is not None else None
-            ),
-            "status": status,
-            "user_agent": exchange.user_agent,
-            "child_exit": relay.exit.cause if relay.exit is not None else None,
-        })
+        state.usage_log.record(record)
 
     return app
