@@ -98,30 +98,47 @@ Event = (
 # Line splitting
 
 
+MAX_LINE_BYTES = 64 * 1024 * 1024
+
+
 class LineBuffer:
     """Splits a byte stream into complete lines; a trailing partial line waits for more bytes.
 
     Joining happens only when a line spans reads, so a long stream costs O(bytes), not O(n^2).
+    A line longer than ``max_line`` (no real event comes close) is dropped as it streams in,
+    so a runaway child cannot grow the buffer without bound.
     """
 
-    __slots__ = ("_pending",)
+    __slots__ = ("_max", "_pending", "_size", "_skipping", "dropped")
 
-    def __init__(self) -> None:
+    def __init__(self, max_line: int = MAX_LINE_BYTES) -> None:
         self._pending: list[bytes] = []
+        self._size = 0
+        self._max = max_line
+        self._skipping = False
+        self.dropped = 0  # over-long lines thrown away
 
     def feed(self, data: bytes) -> list[bytes]:
         if b"\n" not in data:
-            if data:
+            if data and not self._skipping:
                 self._pending.append(data)
+                self._size += len(data)
+                if self._size > self._max:
+                    self._pending, self._size, self._skipping = [], 0, True
+                    self.dropped += 1
             return []
         lines = data.split(b"\n")
-        if self._pending:
+        if self._skipping:
+            lines[0] = b""  # the end of the over-long line
+            self._skipping = False
+        elif self._pending:
             self._pending.append(lines[0])
             lines[0] = b"".join(self._pending)
-            self._pending = []
+            self._pending, self._size = [], 0
         tail = lines.pop()
         if tail:
             self._pending.append(tail)
+            self._size = len(tail)
         return lines
 
     @property

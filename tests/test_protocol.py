@@ -717,3 +717,15 @@ def test_interrupt_line() -> None:
     doc = json.loads(line)
     assert doc["op"] == {"type": "interrupt"}
     assert isinstance(doc["id"], str) and doc["id"]
+
+
+def test_line_buffer_drops_runaway_lines() -> None:
+    from quartproxy.protocol import LineBuffer
+
+    buffer = LineBuffer(max_line=100)
+    assert buffer.feed(b"x" * 60) == []
+    assert buffer.feed(b"y" * 60) == []  # over the cap: dropped as it streams in
+    assert buffer.feed(b"z" * 1000) == []
+    assert buffer.feed(b'zz\n{"ok":1}\n') == [b"", b'{"ok":1}']
+    assert buffer.dropped == 1
+    assert buffer.feed(b"a" * 50) == [] and buffer.partial == b"a" * 50
