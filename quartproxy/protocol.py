@@ -256,7 +256,3 @@ def submission(request_id: str, prompt: str) -> bytes:
             "op": {"type": "user_input", "items": [{"type": "text", "text": prompt}]},
         }
     ) + b"\n"
-
-
-def interrupt(request_id: str) -> bytes:
-    return orjson.dumps({"id": f"{request_id}-interrupt", "op": {"type": "interrupt"}}) + b"\n"

@@ -33,7 +33,6 @@ from quartproxy.protocol import (
     TaskComplete,
     TokenCount,
     TurnAborted,
-    interrupt,
     parse_line,
     parse_token_count,
     submission,
@@ -709,14 +708,6 @@ def test_submission_is_one_json_line_and_round_trips(prompt: str) -> None:
         "id": "abc-123",
         "op": {"type": "user_input", "items": [{"type": "text", "text": prompt}]},
     }
-
-
-def test_interrupt_line() -> None:
-    line = interrupt("req-1")
-    assert line.endswith(b"\n") and line.count(b"\n") == 1
-    doc = json.loads(line)
-    assert doc["op"] == {"type": "interrupt"}
-    assert isinstance(doc["id"], str) and doc["id"]
 
 
 def test_line_buffer_drops_runaway_lines() -> None:
