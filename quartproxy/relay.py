@@ -141,6 +141,7 @@ class Relay:
         self.client_gone = False
         self.started_at = trio.current_time()
         self.first_text_at: float | None = None
+        self.reads = 0  # stdout reads; each produces at most one outbox piece
         self._lines = LineBuffer()
         self._scope: trio.CancelScope | None = None
         self._last_activity = self.started_at
@@ -238,6 +239,7 @@ class Relay:
         with scope:
             while True:
                 chunk = await stdout.receive_some(65536)
+                self.reads += 1
                 if not chunk:
                     if self._lines.partial:
                         log.debug("dropped partial last line", extra={"req_id": self.request_id})

@@ -229,8 +229,9 @@ async def test_codex_error_message_has_no_paths(proxy: Proxy) -> None:
 async def test_codex_08_error_needs_no_task_complete(proxy: Proxy) -> None:
     """0.8.0 prints nothing after `error` and stays alive: answer at the error, not at a timeout."""
     async with proxy.client() as client:
-        resp = await client.post("/v1/chat/completions",
-                                 json=chat_body("SCENARIO=error_08"), headers=AUTH)
+        with trio.fail_after(10):  # a wait for a task_complete that never comes would hang
+            resp = await client.post("/v1/chat/completions",
+                                     json=chat_body("SCENARIO=error_08"), headers=AUTH)
     assert resp.status_code == 502
     await proxy.wait_idle()
 
@@ -320,8 +321,9 @@ async def test_idle_timeouts(start_proxy: StartProxy) -> None:
 async def test_stderr_is_not_activity(start_proxy: StartProxy) -> None:
     proxy = await start_proxy(stream_idle_timeout_ms=300)
     async with proxy.client() as client:
-        _, raw = await read_stream(client, "/v1/chat/completions",
-                                   stream_body("SCENARIO=stderr_hang"))
+        with trio.fail_after(20):  # if stderr counted as activity this would never end
+            _, raw = await read_stream(client, "/v1/chat/completions",
+                                       stream_body("SCENARIO=stderr_hang"))
     text, finish, _ = checked(raw)
     assert (text, finish) == ("Hello! This is", "length")
 
