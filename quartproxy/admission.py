@@ -59,6 +59,16 @@ class Slot:
         await self._admission._release(self)
 
 
+class ConcurrencyRejected(errors.ApiError):
+    """429 concurrency_exceeded, with the occupancy the test headers report."""
+
+    def __init__(self, kind: str, limit: int, before: int) -> None:
+        base = errors.concurrency_exceeded(kind, limit)
+        super().__init__(base.status, base.message, base.type, base.code)
+        self.before = before
+        self.limit = limit
+
+
 @dataclass(frozen=True, slots=True)
 class Admitted:
     slot: Slot
@@ -156,10 +166,7 @@ class Admission:
         limit = self.stream_limit if blocked == "streams" else self.child_limit
         if self.metrics is not None:
             self.metrics.rejections.labels("concurrency_exceeded").inc()
-        error = errors.concurrency_exceeded(blocked, limit)
-        error.headers.update({"X-Conc-Before": str(before), "X-Conc-After": str(before),
-                              "X-Conc-Limit": str(limit)})
-        raise error
+        raise ConcurrencyRejected(blocked, limit, before)
 
     async def _release(self, slot: Slot) -> None:
         self.counts.children -= 1

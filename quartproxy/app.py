@@ -23,7 +23,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from . import accounting, child, errors
-from .admission import Admission, Slot
+from .admission import Admission, ConcurrencyRejected, Slot
 from .asgi import Exchange, ExchangeConnection, current_exchange
 from .completion import Completion
 from .config import Settings
@@ -373,7 +373,14 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ProxyA
         exchange.stream = req.stream
         exchange.model = req.model
         await state.admission.check_rate(key)
-        admitted = await state.admission.acquire(req.stream)
+        try:
+            admitted = await state.admission.acquire(req.stream)
+        except ConcurrencyRejected as rejected:
+            exchange.extra["conc"] = {
+                "X-Conc-Before": rejected.before, "X-Conc-After": rejected.before,
+                "X-Conc-Limit": rejected.limit,
+            }
+            raise
         slot = admitted.slot
         exchange.slots.append(slot)
         exchange.extra["conc"] = {

@@ -16,7 +16,7 @@ from quartproxy import contract
 from quartproxy.config import Settings
 from quartproxy.ratelimit import RateLimiter
 
-from .conftest import API_KEY, AUTH, Proxy, StartProxy, chat_body, read_stream
+from .conftest import API_KEY, AUTH, StartProxy, chat_body, read_stream
 from .servers import RedisServer, ServerProcess, fake_env
 
 
@@ -118,12 +118,19 @@ async def test_queue_times_out_with_429(start_proxy: StartProxy) -> None:
     assert second.status_code == 429
 
 
-async def test_conc_headers_and_endpoint_only_when_enabled(proxy: Proxy) -> None:
+async def test_conc_headers_and_endpoint_only_when_enabled(start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(sse_max_concurrency=1)
     async with proxy.client() as client:
         resp = await client.post("/v1/chat/completions", json=chat_body(), headers=AUTH)
         endpoint = await client.get("/__test/conc")
+        async with open_stream(client) as first:
+            assert first.status_code == 200 and "x-conc-before" not in first.headers
+            rejected = await client.post("/v1/chat/completions", json=stream_body("x"),
+                                         headers=AUTH)
     assert "x-conc-before" not in resp.headers
     assert endpoint.status_code == 404
+    assert rejected.status_code == 429
+    assert not [h for h in rejected.headers if h.lower().startswith("x-conc-")]
 
 
 async def test_conc_endpoint_counts(start_proxy: StartProxy) -> None:
