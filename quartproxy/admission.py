@@ -36,7 +36,7 @@ QUEUE_POLL_MAX_S = 0.25
 
 
 @dataclass(slots=True)
-class Counts:
+class Occupancy:
     streams: int = 0
     children: int = 0
 
@@ -82,7 +82,7 @@ class Admission:
         self.child_limit = settings.max_concurrency
         self.queue_timeout_s = settings.queue_timeout_ms / 1000
         self.lease_ttl_ms = settings.redis_lease_ttl_ms
-        self.counts = Counts()  # this process's slots (local mode, or local fallback)
+        self.counts = Occupancy()  # this process's slots (local mode, or local fallback)
         self.rate = RateLimiter(settings)
         self.metrics = metrics
         self.redis = RedisStore(settings.redis_url) if settings.redis_url else None
@@ -200,14 +200,14 @@ class Admission:
                 log.warning("Redis lease %s expired while its child was running", slot.lease)
                 return
 
-    async def shared_counts(self) -> Counts:
+    async def shared_counts(self) -> Occupancy:
         if self.redis is not None and self._redis_usable():
             try:
                 children, streams = await self.redis.counts()
-                return Counts(streams=streams, children=children)
+                return Occupancy(streams=streams, children=children)
             except RedisUnavailable as exc:
                 self._degrade(exc)
-        return Counts(self.counts.streams, self.counts.children)
+        return Occupancy(self.counts.streams, self.counts.children)
 
     # ------------------------------------------------------------------ rate limit
 

@@ -25,7 +25,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTo
 from . import accounting, child, errors
 from .admission import Admission, ConcurrencyRejected, Slot
 from .asgi import Exchange, ExchangeConnection, current_exchange
-from .completion import Completion
+from .completion import Completion, End
 from .config import Settings
 from .errors import ApiError
 from .lifecycle import Lifecycle
@@ -395,7 +395,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ProxyA
         try:
             program = child.resolve_executable(settings)
         except child.SpawnError as exc:
-            await record_spawn_failure(exchange, req)
+            await record_spawn_failure(exchange)
             raise errors.backend_unavailable(str(exc)) from None
         launch = child.Launch(
             argv=child.build_argv(settings, program, req.effective_model, req.effort),
@@ -450,12 +450,11 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ProxyA
         try:
             await exchange.nursery.start(relay.run)
         except child.SpawnError as exc:
-            await record_spawn_failure(exchange, req)
+            await record_spawn_failure(exchange)
             raise errors.backend_unavailable(str(exc)) from None
         state.metrics.live_children.inc()
         state.live.value += 1
         exchange.slots.remove(slot)  # the relay releases it once the child is reaped
-        exchange.extra["relay"] = relay
         if renderer is not None and relay.outbox is not None:
             response = Response(relay.outbox, status=200, headers=SSE_HEADERS)
             response.timeout = None
@@ -469,7 +468,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ProxyA
             model=req.model,
         ))
 
-    async def record_spawn_failure(exchange: Exchange, req: CompletionRequest) -> None:
+    async def record_spawn_failure(exchange: Exchange) -> None:
         for slot in exchange.slots:
             await slot.release()  # before the 503 goes out, so a retry finds the slot free
         exchange.outcome = "error"
@@ -488,6 +487,13 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ProxyA
                      extra={"req_id": exchange.request_id})
         if completion.codex_error:
             log.warning("codex error: %s", completion.codex_error.splitlines()[0][:300],
+                        extra={"req_id": exchange.request_id})
+        if completion.end_cause is End.EOF or (relay.exit is not None and relay.exit.cause
+                                               == "exited" and relay.exit.returncode):
+            # The child died on its own: its stderr is the only account of why (never sent to
+            # the client, which gets a clean envelope).
+            log.warning("codex child exited early (code %s); stderr tail: %s",
+                        relay.exit.returncode if relay.exit else None, relay.stderr.text(),
                         extra={"req_id": exchange.request_id})
         state.usage_log.record(record)
 

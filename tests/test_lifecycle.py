@@ -461,3 +461,16 @@ async def test_legacy_stream_failure_paths(proxy: Proxy) -> None:
     assert checked(truncated, legacy=True)[1] == "length"
     checked(failed, legacy=True, include_usage=False)
     assert json.dumps(error_frame(failed)).count("backend_error") == 1
+
+
+async def test_crashed_child_stderr_tail_is_logged_not_sent(
+    proxy: Proxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("WARNING", logger="quartproxy")
+    async with proxy.client() as client:
+        resp = await client.post("/v1/chat/completions",
+                                 json=chat_body("SCENARIO=no_complete"), headers=AUTH)
+    await proxy.wait_idle()
+    assert "simulated crash" not in resp.text  # the client never sees stderr
+    logged = [r.getMessage() for r in caplog.records if "exited early" in r.getMessage()]
+    assert logged and "simulated crash before task_complete" in logged[0]
