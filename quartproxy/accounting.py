@@ -1,30 +1,42 @@
 """What one request cost: its usage record, its outcome, and the /v1/usage aggregation.
 
-Pure functions over finished state, so the route that records them stays a few lines and the
-aggregation can be tested without a server.
+Pure functions over finished, plain state (a :class:`TurnRecord`), so the service that records
+them stays a few lines and everything here is tested without a server or a backend.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
-import trio
-
-from .asgi import Exchange
-from .completion import End
+from .backends.base import TurnDiagnostics
+from .completion import Completion, End
 from .observability import utc_now_iso
-from .relay import Relay
 from .validation import CompletionRequest
 
 TIMEOUT_ENDS = frozenset({End.TIMEOUT, End.IDLE, End.EARLY_FINALIZE})
 
 
-def outcome_of(relay: Relay) -> str:
+@dataclass(frozen=True, slots=True)
+class TurnRecord:
+    """One finished turn, as the service hands it to accounting."""
+
+    request_id: str
+    route: str | None
+    user_agent: str
+    request: CompletionRequest
+    completion: Completion
+    client_gone: bool
+    duration_s: float
+    ttft_s: float | None
+    diagnostics: TurnDiagnostics
+
+
+def outcome_of(completion: Completion, *, client_gone: bool) -> str:
     """ok | client_disconnect | timeout | shutdown | error, as the access log and records say."""
-    completion = relay.completion
     cause = completion.end_cause
-    if relay.client_gone:
+    if client_gone:
         return "client_disconnect"
     if cause in TIMEOUT_ENDS:
         return "timeout"
@@ -39,30 +51,38 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 1)
 
 
-def usage_record(exchange: Exchange, req: CompletionRequest, relay: Relay) -> dict[str, Any]:
-    completion = relay.completion
+def usage_record(turn: TurnRecord) -> dict[str, Any]:
+    completion = turn.completion
     usage = completion.usage()
     error = completion.error
-    first = relay.first_text_at
-    return {
+    req = turn.request
+    diag = turn.diagnostics
+    record: dict[str, Any] = {
         "ts": utc_now_iso(),
-        "req_id": exchange.request_id,
-        "route": exchange.route,
+        "req_id": turn.request_id,
+        "route": turn.route,
         "model": req.model,
         "effective_model": req.effective_model,
         "stream": req.stream,
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
         "counts_source": usage.source,
         "finish_reason": completion.finish_reason,
-        "outcome": outcome_of(relay),
-        "duration_ms": _ms(trio.current_time() - relay.started_at),
-        "ttft_ms": _ms(first - relay.started_at) if first is not None else None,
+        "outcome": outcome_of(completion, client_gone=turn.client_gone),
+        "duration_ms": _ms(turn.duration_s),
+        "ttft_ms": _ms(turn.ttft_s) if turn.ttft_s is not None else None,
         "status": error.status if error is not None else 200,
-        "user_agent": exchange.user_agent,
-        "child_exit": relay.exit.cause if relay.exit is not None else None,
+        "user_agent": turn.user_agent,
+        "child_exit": diag.exit_cause,
     }
+    if diag.worker is not None:
+        record["worker"] = diag.worker
+    if completion.calls:
+        record["tool_calls"] = len(completion.calls)
+    return record
 
 
 def aggregate(

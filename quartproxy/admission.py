@@ -2,8 +2,10 @@
 
 Rules kept here:
 
-* A slot is taken before the response starts and released exactly once, after the child is
-  reaped (:meth:`Slot.release` is idempotent, so every exit path may call it).
+* The unit is the *turn*: one request's conversation with codex, whichever backend runs it. A
+  slot is taken before the response starts and released exactly once, after the turn has ended
+  (proto: the child is reaped; app-server: the thread is deleted). :meth:`Slot.release` is
+  idempotent, so every exit path may call it.
 * Locally, taking a slot is synchronous — no checkpoint between the check and the increment —
   so two requests racing for the last slot cannot both win: the second stream at the limit gets
   429 every time, not most of the time.
@@ -38,7 +40,7 @@ QUEUE_POLL_MAX_S = 0.25
 @dataclass(slots=True)
 class Occupancy:
     streams: int = 0
-    children: int = 0
+    turns: int = 0
 
 
 class Slot:
@@ -79,22 +81,38 @@ class Admitted:
 class Admission:
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.stream_limit = settings.sse_max_concurrency
-        self.child_limit = settings.max_concurrency
+        self.turn_limit = settings.max_concurrency
         self.queue_timeout_s = settings.queue_timeout_ms / 1000
         self.lease_ttl_ms = settings.redis_lease_ttl_ms
-        self.counts = Occupancy()  # this process's slots (local mode, or local fallback)
+        self.occupancy = Occupancy()  # this process's slots (local mode, or local fallback)
         self.rate = RateLimiter(settings)
         self.metrics = metrics
         self.redis = RedisStore(settings.redis_url) if settings.redis_url else None
         self.degraded = False
-        self.background: trio.Nursery | None = None  # lease refreshers run here
+        self._nursery: trio.Nursery | None = None  # lease refreshers run here (see run)
         self._retry_at = 0.0
         self._changed = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Hold the nursery that Redis lease refreshers run in; check Redis once at start."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            if self.redis is not None:
+                try:
+                    await self.redis.ping()
+                    log.info("concurrency and rate limits shared through Redis")
+                except RedisUnavailable as exc:
+                    self._degrade(exc)
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self.close()
 
     # ------------------------------------------------------------------ concurrency
 
     def limit_for(self, stream: bool) -> int:
-        return self.stream_limit if stream else self.child_limit
+        return self.stream_limit if stream else self.turn_limit
 
     async def acquire(self, stream: bool) -> Admitted:
         """A slot now, or after waiting up to PROXY_QUEUE_TIMEOUT_MS, or 429."""
@@ -116,26 +134,26 @@ class Admission:
             if local is not None:
                 return local
             if trio.current_time() >= deadline:
-                blocked = self._local_block(stream) or "children"
-                before = self.counts.streams if blocked == "streams" else self.counts.children
+                blocked = self._local_block(stream) or "turns"
+                before = self.occupancy.streams if blocked == "streams" else self.occupancy.turns
                 self._reject(blocked, before)
             with trio.move_on_at(deadline):
                 await self._changed.wait()
 
     def _local_block(self, stream: bool) -> str | None:
-        if self.child_limit and self.counts.children >= self.child_limit:
-            return "children"
-        if stream and self.stream_limit and self.counts.streams >= self.stream_limit:
+        if self.turn_limit and self.occupancy.turns >= self.turn_limit:
+            return "turns"
+        if stream and self.stream_limit and self.occupancy.streams >= self.stream_limit:
             return "streams"
         return None
 
     def _try_local(self, stream: bool) -> Admitted | None:
         if self._local_block(stream) is not None:
             return None
-        before = self.counts.streams if stream else self.counts.children
-        self.counts.children += 1
+        before = self.occupancy.streams if stream else self.occupancy.turns
+        self.occupancy.turns += 1
         if stream:
-            self.counts.streams += 1
+            self.occupancy.streams += 1
         return Admitted(Slot(self, stream, None), before, self.limit_for(stream))
 
     async def _try_redis(self, stream: bool) -> tuple[Admitted | None, str, int] | None:
@@ -143,35 +161,35 @@ class Admission:
         assert self.redis is not None
         lease = uuid.uuid4().hex
         try:
-            granted, blocked, children, streams = await self.redis.acquire(
-                lease, stream=stream, child_limit=self.child_limit,
+            granted, blocked, turns, streams = await self.redis.acquire(
+                lease, stream=stream, turn_limit=self.turn_limit,
                 stream_limit=self.stream_limit, ttl_ms=self.lease_ttl_ms,
             )
         except RedisUnavailable as exc:
             self._degrade(exc)
             return None
         self._recovered()
-        before = streams if stream else children
+        before = streams if stream else turns
         if not granted:
-            return None, blocked, streams if blocked == "streams" else children
+            return None, blocked, streams if blocked == "streams" else turns
         slot = Slot(self, stream, lease)
-        self.counts.children += 1
+        self.occupancy.turns += 1
         if stream:
-            self.counts.streams += 1
-        if self.background is not None:
-            self.background.start_soon(self._maintain, slot)
+            self.occupancy.streams += 1
+        if self._nursery is not None:
+            self._nursery.start_soon(self._maintain, slot)
         return Admitted(slot, before, self.limit_for(stream)), "", before
 
     def _reject(self, blocked: str, before: int) -> None:
-        limit = self.stream_limit if blocked == "streams" else self.child_limit
+        limit = self.stream_limit if blocked == "streams" else self.turn_limit
         if self.metrics is not None:
             self.metrics.rejections.labels("concurrency_exceeded").inc()
         raise ConcurrencyRejected(blocked, limit, before)
 
     async def _release(self, slot: Slot) -> None:
-        self.counts.children -= 1
+        self.occupancy.turns -= 1
         if slot.stream:
-            self.counts.streams -= 1
+            self.occupancy.streams -= 1
         self._changed.set()
         self._changed = trio.Event()
         if slot.lease is not None and self.redis is not None:
@@ -182,7 +200,7 @@ class Admission:
                 log.warning("could not release Redis lease: %s", exc)
 
     async def _maintain(self, slot: Slot) -> None:
-        """Refresh the slot's lease while its child lives."""
+        """Refresh the slot's lease while its turn runs."""
         assert self.redis is not None and slot.lease is not None
         period = self.lease_ttl_ms / 3000
         while True:
@@ -197,17 +215,17 @@ class Admission:
                 self._degrade(exc)
                 continue
             if not kept:
-                log.warning("Redis lease %s expired while its child was running", slot.lease)
+                log.warning("Redis lease %s expired while its turn was running", slot.lease)
                 return
 
     async def shared_counts(self) -> Occupancy:
         if self.redis is not None and self._redis_usable():
             try:
-                children, streams = await self.redis.counts()
-                return Occupancy(streams=streams, children=children)
+                turns, streams = await self.redis.counts()
+                return Occupancy(streams=streams, turns=turns)
             except RedisUnavailable as exc:
                 self._degrade(exc)
-        return Occupancy(self.counts.streams, self.counts.children)
+        return Occupancy(self.occupancy.streams, self.occupancy.turns)
 
     # ------------------------------------------------------------------ rate limit
 

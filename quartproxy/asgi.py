@@ -17,9 +17,11 @@ and its helpers in it with ``nursery.start``. Consequences, all deliberate:
 from __future__ import annotations
 
 import contextvars
+import logging
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +29,9 @@ import trio
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, ASGISendEvent
 from quart_trio.asgi import TrioASGIHTTPConnection
 
-from .admission import Slot
 from .observability import utc_now_iso
+
+log = logging.getLogger("quartproxy.asgi")
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 # Upper bound for the shielded last send of a response (see ExchangeConnection).
@@ -52,8 +55,10 @@ class Exchange:
     model: str | None = None
     outcome: str = "ok"
     auth: str = "none"
-    slots: list[Slot] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
+    # Run (shielded, in order) when the request's nursery has exited, however it ended: a slot
+    # taken before the turn owned it is released here, a detached turn learns the client left.
+    cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    admission: Any = None  # what admission decided (read by the test-only X-Conc headers)
 
     def access_fields(self) -> dict[str, Any]:
         now = time.perf_counter()
@@ -136,8 +141,12 @@ class ExchangeConnection(TrioASGIHTTPConnection):
                 nursery.start_soon(self.handle_request, nursery, request, tracking_send)
         finally:
             with trio.CancelScope(shield=True):
-                for slot in exchange.slots:
-                    await slot.release()
+                for cleanup in exchange.cleanups:
+                    try:
+                        await cleanup()
+                    except Exception:
+                        log.exception("request cleanup failed",
+                                      extra={"req_id": exchange.request_id})
             _current.reset(token)
             finished = getattr(self.app, "exchange_finished", None)
             if finished is not None:

@@ -32,9 +32,20 @@ Rules kept here (from the spec's lifecycle section):
    answer text in hand (truncation, deadlines, shutdown, max_tokens, an error after text); an
    error without answer text is :class:`Failed` with the matching status.
 7. After the terminal output the state is frozen: later inputs change nothing. Token counts are
-   kept as soon as they arrive. A whole-turn total (0.34+) replaces an earlier one; the flat
-   per-response counts of 0.8–0.29 add up (a tool call spans several responses);
-   ``info: null`` is ignored.
+   kept as soon as they arrive. A whole-turn total replaces an earlier one; per-response counts
+   (flat proto 0.8–0.29, app-server ``rawResponse/completed``) add up, and are used only when no
+   total arrived; ``info: null`` is ignored.
+8. Client function calls (:class:`~quartproxy.events.ToolCall`) are collected as they arrive,
+   in order; with ``parallel_tool_calls: false`` only the first is kept. At the end of the model
+   response that made them (:class:`~quartproxy.events.ResponseDone`) the turn finishes with
+   ``tool_calls``. Any other end with at least one call in hand — a deadline, the backend
+   going away, an error — also finishes with ``tool_calls`` (each collected call is complete);
+   only a client disconnect does not.
+9. A codex error without answer text becomes the status its kind calls for: usage limit and
+   rate limit 429, context window 400, anything else 502.
+
+Rule 0, as in h11: every decision about what a client receives lives in this file (and the
+sans-io modules it uses); the I/O layer only feeds events and ends.
 """
 
 from __future__ import annotations
@@ -45,15 +56,20 @@ from dataclasses import dataclass
 
 from . import errors
 from .errors import ApiError
-from .protocol import (
+from .events import (
     Counts,
     Delta,
     Error,
+    ErrorKind,
     Event,
     Message,
+    ReasoningDelta,
+    ReasoningPart,
+    ResponseDone,
     Retry,
     TaskComplete,
     TokenCount,
+    ToolCall,
     TurnAborted,
 )
 from .toolblocks import ToolBlockGate, ToolPolicy
@@ -66,18 +82,28 @@ MESSAGE_SEPARATOR = "\n\n"
 class End(enum.Enum):
     """Why the I/O layer stopped feeding events."""
 
-    EOF = "eof"  # child's stdout closed (exit or crash) before task_complete
+    EOF = "eof"  # the backend stopped talking (proto: child's stdout closed) before the end
+    WORKER_EXIT = "worker_exit"  # app-server: the worker carrying the turn died
     TIMEOUT = "timeout"  # PROXY_TIMEOUT_MS
     IDLE = "idle"  # no stdout event for the idle deadline
     EARLY_FINALIZE = "early_finalize"  # PROXY_NONSTREAM_TRUNCATE_AFTER_MS
     SHUTDOWN = "shutdown"  # the server's drain deadline passed
     TOOL_CUT = "tool_cut"  # stop-after-tools (burst): no new tool block within the grace
+    OVERFLOW = "overflow"  # app-server: a slow client let the turn's buffer pass its cap
     DISCONNECT = "disconnect"  # the client went away: nothing more is written
 
 
 @dataclass(frozen=True, slots=True)
 class Content:
     text: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallOut:
+    """A collected client function call, ``index`` in the order the model made them."""
+
+    index: int
+    call: ToolCall
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +116,7 @@ class Failed:
     error: ApiError
 
 
-Output = Content | Finished | Failed
+Output = Content | CallOut | Finished | Failed
 
 _PATH_RE = re.compile(r"(?<![\w:/.~-])(?:~|\.{1,2})?/(?:[\w.@+-]+/)*[\w.@+-]+")
 
@@ -112,6 +138,20 @@ def _retry_diverged() -> ApiError:
         "server_error",
         "upstream_retry_diverged",
     )
+
+
+def error_for_kind(kind: ErrorKind, message: str) -> ApiError:
+    """The client's error for a codex failure with no answer text (rule 9)."""
+    shown = backend_message(message)
+    if kind is ErrorKind.USAGE_LIMIT:
+        return ApiError(429, shown, "insufficient_quota", "insufficient_quota")
+    if kind is ErrorKind.RATE_LIMIT:
+        return ApiError(429, shown, "rate_limit_error", "rate_limit_exceeded",
+                        headers={"Retry-After": "1"})
+    if kind is ErrorKind.CONTEXT_WINDOW:
+        return ApiError(400, shown, "invalid_request_error", "context_length_exceeded",
+                        "messages")
+    return errors.backend_error(shown)
 
 
 def _add(a: int | None, b: int | None) -> int | None:
@@ -152,6 +192,7 @@ class Completion:
         prompt_chars: int,
         max_tokens: int | None = None,
         tools: ToolPolicy | None = None,
+        parallel_calls: bool = True,
     ) -> None:
         self.stream = stream
         self.tools = tools if tools is not None and tools.active else None
@@ -159,10 +200,15 @@ class Completion:
         self._released: list[str] = []  # what passed the tool-block gate
         self.prompt_chars = prompt_chars
         self.limit_chars = max_tokens * 4 if max_tokens else None
-        self.counts: Counts | None = None
+        self._total: Counts | None = None  # latest whole-turn total
+        self._sum: Counts | None = None  # per-response counts, added up
+        self.calls: list[ToolCall] = []
+        self.calls_dropped = 0  # parallel_tool_calls: false
+        self.parallel_calls = parallel_calls
+        self.reasoning: list[list[str]] = []  # summary parts of the current attempt
         self.outcome: Finished | Failed | None = None
         self.end_cause: End | None = None
-        self.codex_error: str | None = None  # codex's own text, for logs only
+        self.backend_error_text: str | None = None  # codex's own text, for logs only
         self.attempts = 1
         self._messages: list[_Message] = []
         # What went out on the wire (stream) / was delivered in this attempt (non-stream).
@@ -174,6 +220,13 @@ class Completion:
         self._cut_text: str | None = None  # non-stream answer cut at max_tokens
 
     # ----------------------------------------------------------------------------- queries
+
+    @property
+    def counts(self) -> Counts | None:
+        return self._total if self._total is not None else self._sum
+
+    def reasoning_text(self) -> list[str]:
+        return [text for part in self.reasoning if (text := "".join(part))]
 
     @property
     def done(self) -> bool:
@@ -223,15 +276,32 @@ class Completion:
             self._message(event.text, out)
         elif isinstance(event, TokenCount):
             if event.counts is not None:
-                self.counts = (
-                    event.counts if event.cumulative or self.counts is None
-                    else _add_counts(self.counts, event.counts)
-                )
+                if event.cumulative:
+                    self._total = event.counts
+                else:
+                    self._add_response(event.counts)
+        elif isinstance(event, ReasoningPart):
+            self.reasoning.append([])
+        elif isinstance(event, ReasoningDelta):
+            if not self.reasoning:
+                self.reasoning.append([])
+            self.reasoning[-1].append(event.text)
+        elif isinstance(event, ToolCall):
+            if self.calls and not self.parallel_calls:
+                self.calls_dropped += 1
+            else:
+                self.calls.append(event)
+                out.append(CallOut(len(self.calls) - 1, event))
+        elif isinstance(event, ResponseDone):
+            if event.counts is not None:
+                self._add_response(event.counts)
+            if self.calls:
+                self._finish("tool_calls", out)
         elif isinstance(event, Retry):
             self._new_attempt()
         elif isinstance(event, Error):
-            self.codex_error = event.message
-            self._terminate_with_text_or(out, errors.backend_error(backend_message(event.message)))
+            self.backend_error_text = event.message
+            self._terminate_with_text_or(out, error_for_kind(event.kind, event.message))
         elif isinstance(event, TaskComplete):
             if self._replay is not None:
                 # The retry ended before repeating everything already streamed: it diverged.
@@ -242,7 +312,7 @@ class Completion:
             if not self.done:
                 reason = event.finish_reason or "stop"
                 reason = reason if reason in FINISH_REASONS else "stop"
-                self._finish(reason, out)
+                self._finish("tool_calls" if self.calls else reason, out)
         elif isinstance(event, TurnAborted):
             self._terminate_with_text_or(
                 out, errors.backend_error(f"codex aborted the turn ({event.reason or 'unknown'})")
@@ -257,7 +327,9 @@ class Completion:
         out: list[Output] = []
         if cause is End.DISCONNECT:
             return out
-        if cause is End.SHUTDOWN:
+        if self.calls:
+            self._finish("tool_calls", out)
+        elif cause is End.SHUTDOWN:
             if self.stream or self.has_text():
                 self._finish("length", out)
             else:
@@ -267,6 +339,15 @@ class Completion:
         elif cause is End.EOF:
             self._terminate_with_text_or(
                 out, errors.backend_error("codex exited before completing the answer.")
+            )
+        elif cause is End.WORKER_EXIT:
+            self._terminate_with_text_or(
+                out, errors.ApiError(502, "The codex worker carrying this request exited before "
+                                     "completing the answer.", "server_error", "worker_exited")
+            )
+        elif cause is End.OVERFLOW:
+            self._terminate_with_text_or(
+                out, errors.backend_error("The client read the answer too slowly; it was cut.")
             )
         elif cause is End.IDLE:
             self._terminate_with_text_or(
@@ -328,9 +409,13 @@ class Completion:
                 self._cut_text = answer[: self.limit_chars]
                 self._finish("length", out)
 
+    def _add_response(self, counts: Counts) -> None:
+        self._sum = counts if self._sum is None else _add_counts(self._sum, counts)
+
     def _new_attempt(self) -> None:
         self.attempts += 1
         self._messages = []
+        self.reasoning = []
         if self.stream:
             if self._sent_len:
                 self._replay = "".join(self._sent)
@@ -394,7 +479,9 @@ class Completion:
     def _terminate_with_text_or(self, out: list[Output], error: ApiError) -> None:
         if self.done:
             return
-        if self.has_text():
+        if self.calls:
+            self._finish("tool_calls", out)
+        elif self.has_text():
             self._finish("length", out)
         else:
             self._fail(error, out)

@@ -146,6 +146,64 @@ class Settings(BaseSettings):
     test_endpoints: bool = _env(
         "PROXY_TEST_ENDPOINTS", default=False, description="/__test/* and X-Conc-* headers"
     )
+    backend: Literal["auto", "app-server", "proto"] = _env(
+        "PROXY_BACKEND", default="auto",
+        description="codex backend: auto (from `codex --version`), app-server or proto",
+    )
+    workers: int = _env(
+        "PROXY_WORKERS", default=2, ge=1, le=64,
+        description="app-server: long-lived `codex app-server` worker processes",
+    )
+    worker_max_turns: int = _env(
+        "PROXY_WORKER_MAX_TURNS", default=16, ge=1, le=1024,
+        description="app-server: turns one worker carries at once",
+    )
+    worker_max_requests: int = _env(
+        "PROXY_WORKER_MAX_REQUESTS", default=1000, ge=0,
+        description="app-server: recycle a worker after this many requests (0 = never)",
+    )
+    worker_handshake_timeout_ms: int = _env(
+        "WORKER_HANDSHAKE_TIMEOUT_MS", default=15_000, gt=0,
+        description="app-server: initialize must answer within this",
+    )
+    worker_rpc_timeout_ms: int = _env(
+        "WORKER_RPC_TIMEOUT_MS", default=10_000, gt=0,
+        description="app-server: timeout of every other JSON-RPC call",
+    )
+    worker_backoff_initial_ms: int = _env(
+        "WORKER_BACKOFF_INITIAL_MS", default=500, gt=0,
+        description="app-server: first restart delay after a worker died (doubles)",
+    )
+    worker_backoff_max_ms: int = _env(
+        "WORKER_BACKOFF_MAX_MS", default=5000, gt=0, description="app-server: restart delay cap"
+    )
+    worker_health_interval_ms: int = _env(
+        "WORKER_HEALTH_INTERVAL_MS", default=10_000, ge=0,
+        description="app-server: health probe period (0 = off)",
+    )
+    worker_shutdown_grace_ms: int = _env(
+        "WORKER_SHUTDOWN_GRACE_MS", default=2000, ge=0,
+        description="app-server: stdin close -> SIGKILL grace when a worker is ended",
+    )
+    turn_buffer_bytes: int = _env(
+        "PROXY_TURN_BUFFER_BYTES", default=8 * 1024 * 1024, gt=0,
+        description="app-server: events buffered for one slow client before its turn is cut",
+    )
+    tools_mode: Literal["auto", "ignore"] = _env(
+        "PROXY_TOOLS", default="auto",
+        description="OpenAI tools: auto (native on app-server 0.169+, else 400) or ignore",
+    )
+    tools_base_instructions: str = _env(
+        "PROXY_TOOLS_BASE_INSTRUCTIONS",
+        default=(
+            "You are a helpful assistant. Use the provided functions when they help answer the "
+            "user; otherwise answer directly."
+        ),
+        description="app-server: instructions for tool requests without a system message",
+    )
+    enable_responses: bool = _env(
+        "PROXY_ENABLE_RESPONSES", default=True, description="serve POST /v1/responses"
+    )
     stop_after_tools: bool = _env("PROXY_STOP_AFTER_TOOLS", default=False, description="tools")
     stop_after_tools_mode: Literal["burst", "first"] = _env(
         "PROXY_STOP_AFTER_TOOLS_MODE", default="burst", description="tool-block cut mode"

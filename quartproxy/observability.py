@@ -127,6 +127,11 @@ class NdjsonLog:
                 await trio.to_thread.run_sync(self._append, b"".join(batch))
                 self.written.value += len(batch)
 
+    def record_line(self, request_id: str, line: bytes) -> None:
+        """One raw line a backend read (the proto event log)."""
+        self.record({"ts": utc_now_iso(), "req_id": request_id,
+                     "line": line.decode("utf-8", "replace")})
+
     def close(self) -> None:
         self._send.close()
 
@@ -177,7 +182,13 @@ class Metrics:
             buckets=(0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30),
         )
         self.active_streams = Gauge("quartproxy_active_streams", "Open streams", registry=r)
-        self.live_children = Gauge("quartproxy_live_children", "Running children", registry=r)
+        self.turns_running = Gauge(
+            "quartproxy_turns_running", "Turns running now (any backend)", registry=r
+        )
+        self.live_children = Gauge(
+            "quartproxy_live_children", "Turns running now (older name of turns_running)",
+            registry=r,
+        )
         self.rejections = Counter(
             "quartproxy_admission_rejections", "Admission rejections", ["reason"], registry=r
         )

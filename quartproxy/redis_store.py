@@ -11,7 +11,7 @@ time from Redis (``TIME``) so replicas with skewed clocks still agree on expiry:
 * a concurrency slot is a member of a sorted set scored by its expiry; acquiring first drops
   expired members (a replica killed with SIGKILL loses its slots within the lease TTL), then
   checks the count against the limit and adds the lease in the same step;
-* a live child's lease is refreshed every third of the TTL;
+* a running turn's lease is refreshed every third of the TTL;
 * a rate-limit window is an ``INCR`` on a key that expires with the window.
 """
 
@@ -28,17 +28,17 @@ T = TypeVar("T")
 ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl, child_limit, stream_limit = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local ttl, turn_limit, stream_limit = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local is_stream = ARGV[5] == '1'
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-local children = redis.call('ZCARD', KEYS[1])
+local turns = redis.call('ZCARD', KEYS[1])
 local streams = redis.call('ZCARD', KEYS[2])
-if child_limit > 0 and children >= child_limit then
-  return {0, 'children', children, streams}
+if turn_limit > 0 and turns >= turn_limit then
+  return {0, 'turns', turns, streams}
 end
 if is_stream and stream_limit > 0 and streams >= stream_limit then
-  return {0, 'streams', children, streams}
+  return {0, 'streams', turns, streams}
 end
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ttl * 2)
@@ -46,7 +46,7 @@ if is_stream then
   redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
   redis.call('PEXPIRE', KEYS[2], ttl * 2)
 end
-return {1, '', children, streams}
+return {1, '', turns, streams}
 """
 
 REFRESH = """
@@ -85,7 +85,7 @@ class RedisStore:
             retry_on_timeout=False,
             decode_responses=True,
         )
-        self._children_key = f"{prefix}:slots:children"
+        self._turns_key = f"{prefix}:slots:turns"
         self._streams_key = f"{prefix}:slots:streams"
         self._prefix = prefix
         self._acquire = self._client.register_script(ACQUIRE)
@@ -103,16 +103,16 @@ class RedisStore:
         await self._call(self._client.ping)
 
     async def acquire(
-        self, lease: str, *, stream: bool, child_limit: int, stream_limit: int, ttl_ms: int
+        self, lease: str, *, stream: bool, turn_limit: int, stream_limit: int, ttl_ms: int
     ) -> tuple[bool, str, int, int]:
-        """(granted, which limit blocked, children before, streams before)."""
-        keys = [self._children_key, self._streams_key]
-        args: list[str | int] = [lease, ttl_ms, child_limit, stream_limit, "1" if stream else "0"]
+        """(granted, which limit blocked, turns before, streams before)."""
+        keys = [self._turns_key, self._streams_key]
+        args: list[str | int] = [lease, ttl_ms, turn_limit, stream_limit, "1" if stream else "0"]
         result: Any = await self._call(lambda: self._acquire(keys=keys, args=args))
         return bool(int(result[0])), str(result[1]), int(result[2]), int(result[3])
 
     async def refresh(self, lease: str, *, stream: bool, ttl_ms: int) -> bool:
-        keys = [self._children_key, self._streams_key]
+        keys = [self._turns_key, self._streams_key]
         args: list[str | int] = [lease, ttl_ms, "1" if stream else "0"]
         result: Any = await self._call(lambda: self._refresh(keys=keys, args=args))
         return bool(int(result))
@@ -120,7 +120,7 @@ class RedisStore:
     async def release(self, lease: str) -> None:
         def remove() -> None:
             pipe = self._client.pipeline()
-            pipe.zrem(self._children_key, lease)
+            pipe.zrem(self._turns_key, lease)
             pipe.zrem(self._streams_key, lease)
             pipe.execute()
 
@@ -129,10 +129,10 @@ class RedisStore:
     async def counts(self) -> tuple[int, int]:
         def count() -> tuple[int, int]:
             pipe = self._client.pipeline()
-            pipe.zcard(self._children_key)
+            pipe.zcard(self._turns_key)
             pipe.zcard(self._streams_key)
-            children, streams = pipe.execute()
-            return int(children), int(streams)
+            turns, streams = pipe.execute()
+            return int(turns), int(streams)
 
         return await self._call(count)
 

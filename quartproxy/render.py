@@ -8,13 +8,26 @@ one batch of outputs are returned as one ``bytes`` so the caller makes one socke
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
-from .completion import Completion, Content, Failed, Finished, Output
+from .completion import CallOut, Completion, Content, Failed, Finished, Output
 
 DONE = b"data: [DONE]\n\n"
+
+
+class Renderer(Protocol):
+    """Turns completion outputs into the bytes of one SSE response (chat, legacy, Responses)."""
+
+    def opening(self) -> bytes:
+        """What is sent as soon as the turn has started (fast first byte)."""
+
+    def render(self, outputs: Iterable[Output], completion: Completion) -> bytes:
+        """All frames for one batch of outputs, as one piece (one socket write)."""
+
+    def keepalive(self, now_ms: int) -> bytes:
+        """An SSE comment that keeps idle connections alive; never an event."""
 
 
 class StreamRenderer:
@@ -59,6 +72,9 @@ class StreamRenderer:
         for output in outputs:
             if isinstance(output, Content):
                 frames.append(self._content_open + orjson.dumps(output.text) + self._content_close)
+            elif isinstance(output, CallOut):
+                if not self.legacy:
+                    frames.append(self._tool_call(output))
             elif isinstance(output, Finished):
                 frames.append(self._finish(output.reason))
                 if self.include_usage:
@@ -80,9 +96,35 @@ class StreamRenderer:
             choice = b'{"index":0,"delta":{},"logprobs":null,"finish_reason":' + reason_json + b"}"
         return self._prefix + choice + self._end
 
-    @staticmethod
-    def keepalive(now_ms: int) -> bytes:
-        return b": keepalive " + str(now_ms).encode() + b"\n\n"
+    def _tool_call(self, output: CallOut) -> bytes:
+        """A call as OpenAI streams it: a header chunk (id, type, name, empty arguments), then
+        the arguments (codex hands over complete calls, so they come in one piece)."""
+        call = output.call
+        index = str(output.index).encode()
+        head = {"index": output.index, "id": call.call_id, "type": "function",
+                "function": {"name": call.name, "arguments": ""}}
+        return (
+            self._prefix + b'{"index":0,"delta":{"tool_calls":[' + orjson.dumps(head)
+            + b']},"logprobs":null,"finish_reason":null}' + self._end
+            + self._prefix + b'{"index":0,"delta":{"tool_calls":[{"index":' + index
+            + b',"function":{"arguments":' + orjson.dumps(call.arguments)
+            + b'}}]},"logprobs":null,"finish_reason":null}' + self._end
+        )
+
+    def keepalive(self, now_ms: int) -> bytes:
+        return keepalive_comment(now_ms)
+
+
+def keepalive_comment(now_ms: int) -> bytes:
+    return b": keepalive " + str(now_ms).encode() + b"\n\n"
+
+
+def tool_calls_json(completion: Completion) -> list[dict[str, Any]]:
+    return [
+        {"id": call.call_id, "type": "function",
+         "function": {"name": call.name, "arguments": call.arguments}}
+        for call in completion.calls
+    ]
 
 
 def json_body(
@@ -95,12 +137,11 @@ def json_body(
     if legacy:
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
     else:
-        choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": text, "refusal": None},
-            "logprobs": None,
-            "finish_reason": reason,
-        }
+        message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+        if completion.calls:
+            message["content"] = text or None
+            message["tool_calls"] = tool_calls_json(completion)
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": reason}
     return {
         "id": completion_id,
         "object": "text_completion" if legacy else "chat.completion",

@@ -21,7 +21,8 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from .app import ProxyApp, create_app
+from .app import ProxyApp, create_app, proto_log_for
+from .backends import create_backend
 from .config import Settings
 from .lifecycle import Lifecycle
 
@@ -55,7 +56,11 @@ async def serve(
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     lifecycle = lifecycle or Lifecycle()
-    app = create_app(settings, lifecycle)
+    proto_log = proto_log_for(settings)
+    backend = await create_backend(
+        settings, lifecycle, on_line=proto_log.record_line if proto_log is not None else None
+    )
+    app = create_app(settings, lifecycle, backend=backend, proto_log=proto_log)
     if app_ready is not None:
         app_ready(app)
     config = hypercorn_config(settings)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .protocol import Counts
+from .events import Counts
 
 
 def estimate_tokens(chars: int) -> int:

@@ -8,9 +8,10 @@ coercing it — ``"stream": "false"`` streaming, say — hides it) and lenient a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from . import errors
+from .conversation import Conversation, Item, Role, ToolCallRef, ToolRequest
 from .models import EFFORTS, ModelCatalog
 from .usage import estimate_tokens
 
@@ -29,15 +30,29 @@ PART_MARKERS = {
 
 @dataclass(frozen=True, slots=True)
 class CompletionRequest:
-    legacy: bool
+    kind: Literal["chat", "legacy", "responses"]
     model: str
     effective_model: str
     effort: str | None
-    prompt: str
+    conversation: Conversation
     stream: bool
     include_usage: bool
     max_tokens: int | None
     user: str | None
+    tools: ToolRequest | None = None
+    output_schema: dict[str, Any] | None = None
+
+    @property
+    def legacy(self) -> bool:
+        return self.kind == "legacy"
+
+    @property
+    def prompt(self) -> str:
+        return self.conversation.flatten()
+
+    @property
+    def parallel_calls(self) -> bool:
+        return self.tools.parallel if self.tools is not None else True
 
 
 def _optional_bool(body: dict[str, Any], name: str, param: str | None = None) -> bool:
@@ -94,11 +109,39 @@ def _content_text(content: Any, index: int) -> str:
     return "\n".join(texts)
 
 
-def flatten_messages(messages: Any) -> str:
-    """The conversation as codex gets it: one ``[role] text`` block per message."""
+def _tool_calls(value: Any, index: int) -> tuple[ToolCallRef, ...]:
+    param = f"messages[{index}].tool_calls"
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise errors.invalid("'tool_calls' must be an array.", param)
+    calls: list[ToolCallRef] = []
+    for position, call in enumerate(value):
+        where = f"{param}[{position}]"
+        if not isinstance(call, dict):
+            raise errors.invalid("Each tool call must be an object.", where)
+        call_id = call.get("id")
+        function = call.get("function")
+        if not isinstance(call_id, str) or not call_id:
+            raise errors.invalid("A tool call needs a string 'id'.", f"{where}.id")
+        if call.get("type", "function") != "function":
+            raise errors.invalid("Only tool calls of type 'function' are supported.",
+                                 f"{where}.type")
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise errors.invalid("A tool call needs 'function.name'.", f"{where}.function")
+        arguments = function.get("arguments", "")
+        if not isinstance(arguments, str):
+            raise errors.invalid("'function.arguments' must be a string.",
+                                 f"{where}.function.arguments")
+        calls.append(ToolCallRef(call_id, function["name"], arguments))
+    return tuple(calls)
+
+
+def parse_messages(messages: Any) -> Conversation:
+    """The chat ``messages`` array as a :class:`Conversation`, or a 400 naming the field."""
     if not isinstance(messages, list) or not messages:
         raise errors.invalid("'messages' must be a non-empty array.", "messages")
-    blocks: list[str] = []
+    items: list[Item] = []
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
             raise errors.invalid("Each message must be an object.", f"messages[{index}]")
@@ -117,8 +160,33 @@ def flatten_messages(messages: Any) -> str:
             text = ""
         else:
             text = _content_text(content, index)
-        blocks.append(f"[{role}] {text}")
-    return "\n".join(blocks)
+        calls = _tool_calls(message.get("tool_calls"), index) if role == "assistant" else ()
+        call_id: str | None = None
+        if role == "tool":
+            raw_id = message.get("tool_call_id")
+            if raw_id is not None and not isinstance(raw_id, str):
+                raise errors.invalid("'tool_call_id' must be a string.",
+                                     f"messages[{index}].tool_call_id")
+            call_id = raw_id
+        items.append(Item(_role(role), text, calls, call_id))
+    return Conversation(tuple(items))
+
+
+def _role(value: str) -> Role:
+    if value == "system":
+        return "system"
+    if value == "developer":
+        return "developer"
+    if value == "user":
+        return "user"
+    if value == "assistant":
+        return "assistant"
+    return "tool"
+
+
+def flatten_messages(messages: Any) -> str:
+    """The conversation as one text prompt (what the proto backend sends)."""
+    return parse_messages(messages).flatten()
 
 
 def _effort(body: dict[str, Any], alias_effort: str | None) -> str | None:
@@ -139,9 +207,10 @@ def _effort(body: dict[str, Any], alias_effort: str | None) -> str | None:
 
 
 def _common(
-    body: dict[str, Any], catalog: ModelCatalog, prompt: str, *, legacy: bool, max_prompt: int,
-    prompt_param: str,
+    body: dict[str, Any], catalog: ModelCatalog, conversation: Conversation, *,
+    kind: Literal["chat", "legacy", "responses"], max_prompt: int, prompt_param: str,
 ) -> CompletionRequest:
+    prompt = conversation.flatten()
     model_value = body.get("model")
     if model_value is not None and not isinstance(model_value, str):
         raise errors.invalid("'model' must be a string.", "model")
@@ -175,11 +244,11 @@ def _common(
             code="context_length_exceeded",
         )
     return CompletionRequest(
-        legacy=legacy,
+        kind=kind,
         model=resolved.requested,
         effective_model=resolved.effective,
         effort=effort,
-        prompt=prompt,
+        conversation=conversation,
         stream=stream,
         include_usage=stream and include_usage,
         max_tokens=max_tokens,
@@ -190,9 +259,10 @@ def _common(
 def parse_chat(body: Any, catalog: ModelCatalog, *, max_prompt_tokens: int) -> CompletionRequest:
     if not isinstance(body, dict):
         raise errors.invalid("The request body must be a JSON object.")
-    prompt = flatten_messages(body.get("messages"))
+    conversation = parse_messages(body.get("messages"))
     return _common(
-        body, catalog, prompt, legacy=False, max_prompt=max_prompt_tokens, prompt_param="messages"
+        body, catalog, conversation, kind="chat", max_prompt=max_prompt_tokens,
+        prompt_param="messages",
     )
 
 
@@ -209,6 +279,6 @@ def parse_legacy(body: Any, catalog: ModelCatalog, *, max_prompt_tokens: int) ->
     if not text.strip():
         raise errors.invalid("'prompt' must not be empty.", "prompt")
     return _common(
-        body, catalog, f"[user] {text}", legacy=True, max_prompt=max_prompt_tokens,
-        prompt_param="prompt",
+        body, catalog, Conversation((Item("user", text),)), kind="legacy",
+        max_prompt=max_prompt_tokens, prompt_param="prompt",
     )

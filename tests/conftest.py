@@ -64,7 +64,7 @@ class Proxy:
     async def wait_idle(self, timeout: float = 15) -> None:
         """Wait until every child this proxy started has been reaped."""
         with trio.fail_after(timeout):
-            await self.state.live.wait_value(0)
+            await self.state.service.running.wait_value(0)
         alive = [pid for pid in self.pids() if pid_alive(pid)]
         assert not alive, f"children still alive after reaping: {alive}"
 

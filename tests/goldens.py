@@ -112,10 +112,12 @@ CASES: tuple[Case, ...] = (
     Case("chat_json_truncation", "chat_json", _chat("SCENARIO=no_complete"),
          "Child exits before task_complete: 200 with finish length and the partial text."),
     Case("chat_json_codex_error", "error_json", _chat("SCENARIO=error"),
-         "codex error without answer text: 502 backend_error with codex's first line."),
+         "codex error without answer text (it gave up on a context-window overflow): 400 "
+         "context_length_exceeded with codex's first line."),
     Case("chat_stream_codex_error", "chat_stream",
          _chat("SCENARIO=error", stream=True, stream_options=USAGE),
-         "codex error without answer text: role chunk, one error frame, [DONE]; no usage chunk."),
+         "codex error without answer text: role chunk, one error frame "
+         "(context_length_exceeded), [DONE]; no usage chunk."),
     Case("chat_stream_retry_replay", "chat_stream",
          _chat("SCENARIO=retry_replay", stream=True, stream_options=USAGE),
          "Retry replays the answer from its start: the repeated prefix is not sent twice."),

@@ -83,7 +83,7 @@ async def test_nonstream_is_guarded_by_child_limit(start_proxy: StartProxy) -> N
                                            json=chat_body("SCENARIO=hang"), headers=AUTH))
 
         nursery.start_soon(hold)
-        await proxy.state.live.wait_value(1)
+        await proxy.state.service.running.wait_value(1)
         second = await client.post("/v1/chat/completions", json=chat_body(), headers=AUTH)
         assert second.status_code == 429
         assert second.json()["error"]["code"] == "concurrency_exceeded"
@@ -138,10 +138,10 @@ async def test_conc_endpoint_counts(start_proxy: StartProxy) -> None:
     async with proxy.client() as client:
         async with open_stream(client), open_stream(client):
             counts = (await client.get("/__test/conc")).json()
-            assert (counts["streams"], counts["children"], counts["stream_limit"]) == (2, 2, 3)
+            assert (counts["streams"], counts["turns"], counts["stream_limit"]) == (2, 2, 3)
         await proxy.wait_idle()
         counts = (await client.get("/__test/conc")).json()
-    assert (counts["streams"], counts["children"]) == (0, 0)
+    assert (counts["streams"], counts["turns"]) == (0, 0)
 
 
 # ---------------------------------------------------------------------------- rate limit

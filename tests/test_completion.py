@@ -45,7 +45,7 @@ from quartproxy.contract import (
     parse_sse,
 )
 from quartproxy.errors import ApiError
-from quartproxy.protocol import (
+from quartproxy.backends.proto.codec import (
     Counts,
     Delta,
     Error,
@@ -613,7 +613,7 @@ def test_failed_is_terminal_too(stream: bool) -> None:
     assert completion.feed(Delta("late")) == []
     assert completion.end(End.EOF) == []
     assert completion.error is not None and completion.error.code == "backend_error"
-    assert completion.codex_error == "boom"
+    assert completion.backend_error_text == "boom"
 
 
 @pytest.mark.parametrize("stream", [True, False])
@@ -722,7 +722,7 @@ def test_error_event_message_is_sanitized() -> None:
     )
     assert completion.error is not None
     assert completion.error.message == "failed to read <path>"
-    assert completion.codex_error == "failed to read /home/u/.codex/config.toml\nstack trace line"
+    assert completion.backend_error_text == "failed to read /home/u/.codex/config.toml\nstack trace line"
 
 
 # --------------------------------------------------------------------------------------------

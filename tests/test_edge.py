@@ -132,7 +132,7 @@ async def test_stream_is_not_buffered_and_survives_on_keepalives(
         async for chunk in resp.aiter_raw():
             raw += chunk
             if alive_at_first_content is None and b'"content":"Hello!"' in raw:
-                alive_at_first_content = state.live.value
+                alive_at_first_content = state.service.running.value
     # Unbuffered: the first content arrived while its child was still running.
     assert alive_at_first_content == 1
     # The child went silent for longer than nginx's read timeout; keepalive comments kept the

@@ -396,7 +396,7 @@ async def test_spawn_failure_is_503_everywhere(
                 envelope = assert_envelope(resp, 503, "backend_unavailable")
                 assert "CODEX_BIN" in envelope["error"]["message"]
         assert (await client.get("/healthz")).status_code == 200
-    assert proxy.state.admission.counts.children == 0
+    assert proxy.state.admission.occupancy.turns == 0
 
 
 async def test_spawn_failure_race_after_resolution(
@@ -410,7 +410,7 @@ async def test_spawn_failure_race_after_resolution(
     async with proxy.client() as client:
         resp = await client.post("/v1/chat/completions", json=chat_body(stream=True), headers=AUTH)
     assert_envelope(resp, 503, "backend_unavailable")
-    assert proxy.state.admission.counts.children == 0
+    assert proxy.state.admission.occupancy.turns == 0
 
 
 async def test_codex_on_path_lookup(start_proxy: StartProxy, fast_fake: Path) -> None:

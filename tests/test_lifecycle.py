@@ -209,9 +209,11 @@ async def test_codex_error_without_text(proxy: Proxy) -> None:
         resp = await client.post("/v1/chat/completions", json=chat_body("SCENARIO=error"),
                                  headers=AUTH)
         _, raw = await read_stream(client, "/v1/chat/completions", stream_body("SCENARIO=error"))
-    assert resp.status_code == 502
+    # The fake gives up on a context-window overflow, which is the client's 400.
+    assert resp.status_code == 400
     error = resp.json()["error"]
-    assert error["code"] == "backend_error" and error["type"] == "server_error"
+    assert error["code"] == "context_length_exceeded"
+    assert error["type"] == "invalid_request_error"
     assert error["message"].startswith("unexpected status 400 Bad Request")
     checked(raw)
     assert error_frame(raw) == error
@@ -232,7 +234,8 @@ async def test_codex_08_error_needs_no_task_complete(proxy: Proxy) -> None:
         with trio.fail_after(10):  # a wait for a task_complete that never comes would hang
             resp = await client.post("/v1/chat/completions",
                                      json=chat_body("SCENARIO=error_08"), headers=AUTH)
-    assert resp.status_code == 502
+    assert resp.status_code == 400  # what 0.8 gave up on was a context-window overflow
+    assert resp.json()["error"]["code"] == "context_length_exceeded"
     await proxy.wait_idle()
 
 
@@ -390,7 +393,7 @@ async def test_finalize_without_text_nonstream_is_503(proxy: Proxy) -> None:
                 "/v1/chat/completions", json=chat_body("SCENARIO=hang"), headers=AUTH))
 
         nursery.start_soon(ask)
-        await proxy.state.live.wait_value(1)
+        await proxy.state.service.running.wait_value(1)
         proxy.lifecycle.finalize()
     assert result[0].status_code == 503
     assert result[0].json()["error"]["code"] == "shutting_down"
@@ -410,8 +413,8 @@ async def test_disconnect_ends_child_releases_slot_records_usage(proxy: Proxy) -
     records = await usage_records(proxy, 1)
     assert records[0]["outcome"] == "client_disconnect"
     assert records[0]["child_exit"] in ("sigterm", "exited")
-    assert proxy.state.admission.counts.children == 0
-    assert proxy.state.admission.counts.streams == 0
+    assert proxy.state.admission.occupancy.turns == 0
+    assert proxy.state.admission.occupancy.streams == 0
 
 
 async def test_disconnect_without_kill_lets_turn_finish(start_proxy: StartProxy) -> None:
@@ -423,11 +426,11 @@ async def test_disconnect_without_kill_lets_turn_finish(start_proxy: StartProxy)
                 if b"content" in chunk:
                     break
         # The child keeps its slot until its turn is done.
-        assert proxy.state.admission.counts.streams == 1
+        assert proxy.state.admission.occupancy.streams == 1
     records = await usage_records(proxy, 1)
     assert records[0]["outcome"] == "client_disconnect", records
     assert records[0]["counts_source"] == "codex" and records[0]["finish_reason"] == "stop", records
-    assert proxy.state.admission.counts.streams == 0
+    assert proxy.state.admission.occupancy.streams == 0
 
 
 async def test_child_ended_by_sigterm_after_answer(start_proxy: StartProxy) -> None:
@@ -457,7 +460,7 @@ async def test_legacy_stream_failure_paths(proxy: Proxy) -> None:
              "stream_options": USAGE})
         _, failed = await read_stream(
             client, "/v1/completions",
-            {"model": "codex-5", "prompt": "SCENARIO=error", "stream": True})
+            {"model": "codex-5", "prompt": "SCENARIO=error_path", "stream": True})
     assert checked(truncated, legacy=True)[1] == "length"
     checked(failed, legacy=True, include_usage=False)
     assert json.dumps(error_frame(failed)).count("backend_error") == 1

@@ -19,7 +19,8 @@ import orjson
 import pytest
 
 from quartproxy.completion import Completion, End, Failed, Finished
-from quartproxy.protocol import (
+from quartproxy.events import ReasoningDelta, ReasoningPart
+from quartproxy.backends.proto.codec import (
     Counts,
     Delta,
     Error,
@@ -209,6 +210,8 @@ def test_capture_parses_every_line(path: Path) -> None:
         TaskComplete: {"task_complete"},
         TurnAborted: {"turn_aborted"},
         SessionConfigured: {"session_configured"},
+        ReasoningPart: {"agent_reasoning_section_break"},
+        ReasoningDelta: {"agent_reasoning_delta"},
     }
     for event, msg in zip(events, raw, strict=True):
         if isinstance(event, Other):
@@ -237,10 +240,21 @@ def test_capture_outcome(path: Path) -> None:
 
     if expect.outcome == "failed":
         assert isinstance(outcome, Failed)
-        assert outcome.error.status == 502
-        assert outcome.error.code == "backend_error"
-        assert outcome.error.type == "server_error"
         errors = [msg["message"] for msg in raw_messages(path) if msg["type"] == "error"]
+        # What codex said decides the status: its usage limit and an exhausted 429 budget are
+        # 429s, an overflowing context window is the client's 400, anything else is 502.
+        expected = {
+            "You've hit your usage limit": (429, "insufficient_quota", "insufficient_quota"),
+            "context window": (400, "context_length_exceeded", "invalid_request_error"),
+            "429 Too Many Requests": (429, "rate_limit_exceeded", "rate_limit_error"),
+            "Rate limit reached": (429, "rate_limit_exceeded", "rate_limit_error"),
+        }
+        status, code, kind = next(
+            (value for marker, value in expected.items() if marker in errors[-1]),
+            (502, "backend_error", "server_error"),
+        )
+        assert (outcome.error.status, outcome.error.code, outcome.error.type) == (
+            status, code, kind)
         first_line = next(line.strip() for line in errors[-1].splitlines() if line.strip())
         assert outcome.error.message == first_line
         assert completion.text() == ""
@@ -326,7 +340,9 @@ def test_080_err_seq_fails_without_task_complete() -> None:
     for event in events:
         completion.feed(event)
     assert isinstance(completion.outcome, Failed)  # decided by the error event itself
-    assert completion.outcome.error.status == 502
+    # The 400 it gave up on was a context-window overflow: the client's 400, not a 502.
+    assert completion.outcome.error.status == 400
+    assert completion.outcome.error.code == "context_length_exceeded"
     assert completion.attempts == 11  # ten background_event retries
 
 
@@ -549,7 +565,10 @@ def test_parse_line_unknown_type_is_other() -> None:
         Other("brand_new_event")
     )
     assert parse_line(b'{"id":"1","msg":{"type":"agent_reasoning_delta","delta":"t"}}') == (
-        Other("agent_reasoning_delta")
+        ReasoningDelta("t")
+    )
+    assert parse_line(b'{"id":"1","msg":{"type":"agent_reasoning","text":"t"}}') == (
+        Other("agent_reasoning")
     )
     assert parse_line(b'{"id":"1","msg":{"type":"exec_command_begin"}}') == (
         Other("exec_command_begin")
@@ -711,7 +730,7 @@ def test_submission_is_one_json_line_and_round_trips(prompt: str) -> None:
 
 
 def test_line_buffer_drops_runaway_lines() -> None:
-    from quartproxy.protocol import LineBuffer
+    from quartproxy.backends.proto.codec import LineBuffer
 
     buffer = LineBuffer(max_line=100)
     assert buffer.feed(b"x" * 60) == []

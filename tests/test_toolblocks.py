@@ -8,7 +8,7 @@ import pytest
 
 from quartproxy import contract
 from quartproxy.completion import Completion, Content, End, Finished
-from quartproxy.protocol import Delta, Message, TaskComplete
+from quartproxy.backends.proto.codec import Delta, Message, TaskComplete
 from quartproxy.toolblocks import ToolBlockGate, ToolPolicy
 
 from .conftest import AUTH, StartProxy, chat_body, read_stream

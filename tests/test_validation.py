@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from quartproxy.child import build_argv, child_env, toml_string
+from quartproxy.backends.process import child_env, toml_string
+from quartproxy.backends.proto.backend import build_argv
 from quartproxy.config import Settings, SettingsError, env_names, load_settings
 from quartproxy.errors import ApiError
 from quartproxy.models import ModelCatalog
@@ -71,13 +72,14 @@ def test_all_roles_and_null_content() -> None:
         {"role": "system", "content": "be brief"},
         {"role": "developer", "content": "dev rules"},
         {"role": "user", "content": "run ls"},
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1"}]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "ls", "arguments": "{}"}}]},
         {"role": "tool", "content": None, "tool_call_id": "c1"},
         {"role": "tool", "content": "README.txt"},
     ]
     assert flatten_messages(messages) == (
-        "[system] be brief\n[developer] dev rules\n[user] run ls\n[assistant] \n[tool] \n"
-        "[tool] README.txt"
+        "[system] be brief\n[developer] dev rules\n[user] run ls\n[assistant] [tool_call c1] "
+        "ls({})\n[tool c1] \n[tool] README.txt"
     )
 
 

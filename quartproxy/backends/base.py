@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import trio
 
+from ..completion import End
 from ..conversation import Conversation, ToolRequest
 from ..events import Event
 
@@ -89,6 +90,10 @@ class Capabilities:
 
 class Turn(Protocol):
     diagnostics: TurnDiagnostics
+    # Why iteration stopped when the backend knows better than "it stopped talking" (End.EOF):
+    # the app-server worker died (End.WORKER_EXIT), or a slow client overflowed the turn's
+    # buffer (End.OVERFLOW). None otherwise.
+    end: End | None
 
     def __aiter__(self) -> AsyncIterator[list[Event]]: ...
 

@@ -10,89 +10,35 @@ socket, so every quirk of every codex version is unit-tested from captured bytes
 * ``token_count`` comes in three real shapes (flat in 0.8–0.29, nested under
   ``info.total_token_usage`` from 0.34, plus ``info: null`` announcements in 0.42) and one shape
   from the original product's fakes (``prompt_tokens``/``completion_tokens``); we read all of them
-  and never invent a number that is not there.
+  and never invent a number that is not there;
+* ``error`` messages are classified into an :class:`~quartproxy.events.ErrorKind` from their
+  text (proto has no structured error info): a usage limit, an exhausted 429 retry budget or a
+  rate-limit message, and a context-window overflow each get the HTTP status a client expects.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
 from typing import Any
 
 import orjson
 
-# --------------------------------------------------------------------------------------------
-# Events
-
-
-@dataclass(frozen=True, slots=True)
-class Counts:
-    """Token counts as codex reported them; ``None`` means codex did not say."""
-
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    cached_input_tokens: int | None = None
-    reasoning_output_tokens: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SessionConfigured:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Delta:
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class TokenCount:
-    counts: Counts | None
-    # True for totals of the whole turn (0.34+ `total_token_usage`, which replace earlier
-    # counts); False for one model response's usage (flat 0.8–0.29 shape, which add up when a
-    # tool call makes the turn span several responses).
-    cumulative: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class Retry:
-    """codex abandoned the current model attempt and starts again from the beginning."""
-
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class Error:
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class TaskComplete:
-    last_message: str | None
-    finish_reason: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TurnAborted:
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Other:
-    """Any event that is not answer text: reasoning, tool activity, unknown types."""
-
-    type: str
-
-
-Event = (
-    SessionConfigured | Delta | Message | TokenCount | Retry | Error | TaskComplete | TurnAborted
-    | Other
+from ...events import (
+    Counts,
+    Delta,
+    Error,
+    ErrorKind,
+    Event,
+    Message,
+    Other,
+    ReasoningDelta,
+    ReasoningPart,
+    Retry,
+    SessionConfigured,
+    TaskComplete,
+    TokenCount,
+    TurnAborted,
 )
-
 
 # --------------------------------------------------------------------------------------------
 # Line splitting
@@ -196,6 +142,22 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
+_USAGE_LIMIT_RE = re.compile(r"usage limit|usage_limit_reached|insufficient_quota", re.I)
+_CONTEXT_RE = re.compile(r"context_length_exceeded|context window", re.I)
+_RATE_RE = re.compile(r"\b429\b|rate limit reached|rate_limit_exceeded", re.I)
+
+
+def classify_error(message: str) -> ErrorKind:
+    """The kind of a proto ``error`` message (the captured texts of 0.8–0.42)."""
+    if _USAGE_LIMIT_RE.search(message):
+        return ErrorKind.USAGE_LIMIT
+    if _CONTEXT_RE.search(message):
+        return ErrorKind.CONTEXT_WINDOW
+    if _RATE_RE.search(message):
+        return ErrorKind.RATE_LIMIT
+    return ErrorKind.OTHER
+
+
 def parse_line(line: bytes) -> Event | None:
     """One stdout line to an event; ``None`` for a blank line; :class:`NotAnEvent` for junk."""
     if not line.strip():
@@ -229,7 +191,8 @@ def _event(kind: str, msg: dict[str, Any]) -> Event:
     if kind in ("stream_error", "background_event"):
         return Retry(_text(msg.get("message")))
     if kind == "error":
-        return Error(_text(msg.get("message")))
+        message = _text(msg.get("message"))
+        return Error(message, classify_error(message))
     if kind == "task_complete":
         last = msg.get("last_agent_message")
         reason = msg.get("finish_reason")
@@ -241,6 +204,10 @@ def _event(kind: str, msg: dict[str, Any]) -> Event:
         return TurnAborted(_text(msg.get("reason")))
     if kind == "session_configured":
         return SessionConfigured()
+    if kind == "agent_reasoning_section_break":
+        return ReasoningPart()
+    if kind == "agent_reasoning_delta":
+        return ReasoningDelta(_text(msg.get("delta")))
     return Other(kind)
 
 

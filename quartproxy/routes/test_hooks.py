@@ -1,0 +1,46 @@
+"""Test-only endpoints and headers, registered only with ``PROXY_TEST_ENDPOINTS=true``.
+
+``GET /__test/conc`` reports admission's counts; every response gets ``X-Conc-Before``,
+``X-Conc-After`` and ``X-Conc-Limit`` when admission decided something for it. Keeping them in
+their own blueprint keeps the completion routes free of test plumbing.
+"""
+
+from __future__ import annotations
+
+from quart import Blueprint, Response
+
+from ..admission import Admitted, ConcurrencyRejected
+from ..asgi import current_exchange
+from ..middleware import json_response, state
+
+blueprint = Blueprint("test_hooks", __name__)
+
+
+@blueprint.route("/__test/conc", methods=["GET"])
+async def test_conc() -> Response:
+    admission = state().admission
+    shared = await admission.shared_counts()
+    local = admission.occupancy
+    return json_response({
+        "streams": shared.streams, "turns": shared.turns,
+        "local_streams": local.streams, "local_turns": local.turns,
+        "stream_limit": admission.stream_limit,
+        "turn_limit": admission.turn_limit,
+        "redis": admission.redis is not None,
+        "redis_degraded": admission.degraded,
+    })
+
+
+@blueprint.after_app_request
+async def conc_headers(response: Response) -> Response:
+    decided = current_exchange().admission
+    if isinstance(decided, Admitted):
+        before, after, limit = decided.before, decided.before + 1, decided.limit
+    elif isinstance(decided, ConcurrencyRejected):
+        before, after, limit = decided.before, decided.before, decided.limit
+    else:
+        return response
+    response.headers["X-Conc-Before"] = str(before)
+    response.headers["X-Conc-After"] = str(after)
+    response.headers["X-Conc-Limit"] = str(limit)
+    return response
