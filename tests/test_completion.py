@@ -25,6 +25,19 @@ from typing import Any
 import pytest
 
 from quartproxy import completion as completion_module
+from quartproxy.backends.proto.codec import (
+    Counts,
+    Delta,
+    Error,
+    Event,
+    Message,
+    Other,
+    Retry,
+    TaskComplete,
+    TokenCount,
+    TurnAborted,
+    parse_token_count,
+)
 from quartproxy.completion import (
     Completion,
     Content,
@@ -45,19 +58,6 @@ from quartproxy.contract import (
     parse_sse,
 )
 from quartproxy.errors import ApiError
-from quartproxy.backends.proto.codec import (
-    Counts,
-    Delta,
-    Error,
-    Event,
-    Message,
-    Other,
-    Retry,
-    TaskComplete,
-    TokenCount,
-    TurnAborted,
-    parse_token_count,
-)
 from quartproxy.render import StreamRenderer, json_body
 from quartproxy.usage import estimate_tokens, make_usage
 
@@ -722,7 +722,9 @@ def test_error_event_message_is_sanitized() -> None:
     )
     assert completion.error is not None
     assert completion.error.message == "failed to read <path>"
-    assert completion.backend_error_text == "failed to read /home/u/.codex/config.toml\nstack trace line"
+    assert completion.backend_error_text == (
+        "failed to read /home/u/.codex/config.toml\nstack trace line"
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,8 +18,6 @@ from typing import Any
 import orjson
 import pytest
 
-from quartproxy.completion import Completion, End, Failed, Finished
-from quartproxy.events import ReasoningDelta, ReasoningPart
 from quartproxy.backends.proto.codec import (
     Counts,
     Delta,
@@ -38,6 +36,8 @@ from quartproxy.backends.proto.codec import (
     parse_token_count,
     submission,
 )
+from quartproxy.completion import Completion, End, Failed, Finished
+from quartproxy.events import ReasoningDelta, ReasoningPart
 
 ROOT = Path(__file__).resolve().parents[1]
 CAPTURES = ROOT / "fixtures" / "captures"

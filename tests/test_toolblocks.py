@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from quartproxy import contract
-from quartproxy.completion import Completion, Content, End, Finished
 from quartproxy.backends.proto.codec import Delta, Message, TaskComplete
+from quartproxy.completion import Completion, Content, End, Finished
 from quartproxy.toolblocks import ToolBlockGate, ToolPolicy
 
 from .conftest import AUTH, StartProxy, chat_body, read_stream

@@ -26,10 +26,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ...child import toml_string
 from ...config import Settings
 from ...conversation import FunctionTool, Item
 from ..base import TurnRequest
+from ..process import toml_string
 from .version import Features
 
 CLIENT_NAME = "quartproxy"  # becomes the upstream `originator` and the start of the User-Agent
