@@ -93,16 +93,19 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr, flush=True,
         )
     configure_logging(fmt=settings.log_format, verbose=settings.dev)
-    backend = "demo backend" if settings.demo else f"codex ({settings.codex_bin})"
-
-    def ready(binds: list[str]) -> None:
+    def ready(binds: list[str], backend: str) -> None:
         print(f"quartproxy: serving on {', '.join(binds)} with the {backend}",
               file=sys.stderr, flush=True)
+
+    from .backends import StartupError
 
     try:
         trio.run(lambda: serve(settings, on_ready=ready))
     except KeyboardInterrupt:
         return 130
+    except StartupError as exc:
+        print(f"quartproxy: {exc}", file=sys.stderr)
+        return 2
     except (OSError, BaseExceptionGroup) as exc:
         error = _first_os_error(exc)
         if error is None:

@@ -22,7 +22,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from .app import ProxyApp, create_app, proto_log_for
-from .backends import create_backend
+from .backends import Backend, create_backend
 from .config import Settings
 from .lifecycle import Lifecycle
 
@@ -46,10 +46,24 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
     return config
 
 
+def describe(settings: Settings, backend: Backend) -> str:
+    """How the start-up line names the backend."""
+    caps = backend.capabilities
+    if settings.demo:
+        return "demo backend"
+    if caps.name == "app-server":
+        return (f"codex {caps.version} app-server backend ({settings.workers} workers, "
+                f"{settings.codex_bin})")
+    if caps.name == "proto":
+        version = f" {caps.version}" if caps.version else ""
+        return f"codex{version} proto backend ({settings.codex_bin})"
+    return f"codex ({settings.codex_bin}): not available, see /readyz"
+
+
 async def serve(
     settings: Settings,
     *,
-    on_ready: Callable[[list[str]], None] | None = None,
+    on_ready: Callable[[list[str], str], None] | None = None,
     lifecycle: Lifecycle | None = None,
     handle_signals: bool = True,
     app_ready: Callable[[ProxyApp], None] | None = None,
@@ -100,5 +114,5 @@ async def serve(
         nursery.start_soon(grace_timer)
         binds = await nursery.start(run_server)
         if on_ready is not None:
-            on_ready(binds)
+            on_ready(binds, describe(settings, backend))
         task_status.started(binds)

@@ -87,6 +87,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "proto_log_path": tmp_path / "proto.ndjson",
         "sse_keepalive_ms": 0,
         "shutdown_grace_ms": 2000,
+        "backend": "proto",
         "child_kill_grace_ms": 2000,
     }
     values.update(overrides)

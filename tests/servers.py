@@ -157,6 +157,6 @@ class RedisServer:
 
 
 def fake_env(fast_fake: Path, **extra: Any) -> dict[str, str]:
-    env = {"CODEX_BIN": str(fast_fake)}
+    env = {"CODEX_BIN": str(fast_fake), "PROXY_BACKEND": "proto"}
     env.update({key: str(value) for key, value in extra.items()})
     return env
