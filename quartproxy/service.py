@@ -15,6 +15,7 @@ state itself otherwise, so chat, legacy and Responses are three renderings of on
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from functools import partial
 
 import trio
@@ -31,6 +32,7 @@ from .observability import Metrics, NdjsonLog
 from .relay import Relay
 from .render import Renderer
 from .timers import Timing, TurnClock
+from .tool_request import flatten_tool_history
 from .toolblocks import ToolPolicy
 from .validation import CompletionRequest
 
@@ -107,6 +109,7 @@ class CompletionService:
         if self.lifecycle.is_draining:
             exchange.outcome = "shutdown"
             raise errors.shutting_down()
+        req = self.fit_tools(req)
         await self.admission.check_rate(key)
         try:
             admitted = await self.admission.acquire(req.stream)
@@ -160,6 +163,36 @@ class CompletionService:
 
             exchange.cleanups.append(left)
         return relay
+
+    def fit_tools(self, req: CompletionRequest) -> CompletionRequest:
+        """Decide what becomes of the request's tools on this backend.
+
+        ``PROXY_TOOLS=ignore`` drops them and turns tool history into text (clients that always
+        send tools keep working). Otherwise tools that would be used (``tool_choice`` other than
+        ``none``) need a backend with native function calling, or the client gets a 400 that
+        says what would serve it.
+        """
+        tools = req.tools
+        if self.settings.tools_mode == "ignore":
+            if tools is None and not req.conversation.has_tool_history:
+                return req
+            if tools is not None:
+                log.info("PROXY_TOOLS=ignore: %d tool(s) dropped", len(tools.tools))
+            return replace(req, tools=None,
+                           conversation=flatten_tool_history(req.conversation))
+        if tools is None:
+            return req
+        capabilities = self.backend.capabilities
+        if not capabilities.tools:
+            if tools.choice == "none":
+                return replace(req, tools=None)
+            raise errors.ApiError(
+                400, capabilities.tools_reason or "Function calling (tools) is not available "
+                "on this backend.", "invalid_request_error", "unsupported_parameter", "tools",
+            )
+        if any(tool.strict for tool in tools.tools):
+            log.info("strict function schemas are accepted but not enforced by codex")
+        return req
 
     async def _refused(self, exchange: Exchange, slot: Slot, cause: str) -> None:
         await slot.release()  # before the error goes out, so a retry finds the slot free

@@ -7,12 +7,13 @@ coercing it — ``"stream": "false"`` streaming, say — hides it) and lenient a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from . import errors
 from .conversation import Conversation, Item, Role, ToolCallRef, ToolRequest
 from .models import EFFORTS, ModelCatalog
+from .tool_request import check_history, parse_tools
 from .usage import estimate_tokens
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
@@ -260,10 +261,21 @@ def parse_chat(body: Any, catalog: ModelCatalog, *, max_prompt_tokens: int) -> C
     if not isinstance(body, dict):
         raise errors.invalid("The request body must be a JSON object.")
     conversation = parse_messages(body.get("messages"))
-    return _common(
+    for legacy_field in ("functions", "function_call"):
+        if body.get(legacy_field) is not None:
+            raise errors.invalid(
+                f"'{legacy_field}' is not supported; use 'tools' and 'tool_choice'.",
+                legacy_field, code="unsupported_parameter",
+            )
+    tools = parse_tools(body.get("tools"), body.get("tool_choice"),
+                        body.get("parallel_tool_calls"), flavor="chat")
+    if conversation.has_tool_history:
+        check_history(conversation)
+    request = _common(
         body, catalog, conversation, kind="chat", max_prompt=max_prompt_tokens,
         prompt_param="messages",
     )
+    return replace(request, tools=tools) if tools is not None else request
 
 
 def parse_legacy(body: Any, catalog: ModelCatalog, *, max_prompt_tokens: int) -> CompletionRequest:

@@ -361,8 +361,9 @@ async def test_prompt_flattening_of_parts_and_roles(
         {"role": "system", "content": "be brief"},
         {"role": "user", "content": [{"type": "text", "text": "look"},
                                      {"type": "image_url", "image_url": {"url": "data:..."}}]},
-        {"role": "assistant", "content": None},
-        {"role": "tool", "content": "42"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "content": "42", "tool_call_id": "c1"},
     ]
     async with proxy.client() as client:
         resp = await client.post("/v1/chat/completions",
@@ -371,7 +372,9 @@ async def test_prompt_flattening_of_parts_and_roles(
     await proxy.wait_idle()
     (recorded,) = [json.loads(p.read_text()) for p in record.glob("*.json")]
     text = json.loads(recorded["stdin_lines"][0])["op"]["items"][0]["text"]
-    assert text == "[system] be brief\n[user] look\n[image]\n[assistant] \n[tool] 42"
+    assert text == (
+        "[system] be brief\n[user] look\n[image]\n[assistant] [tool_call c1] f({})\n[tool c1] 42"
+    )
 
 
 # ---------------------------------------------------------------------------- spawn failure
