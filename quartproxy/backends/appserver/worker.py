@@ -51,7 +51,7 @@ from .rpc import (
     parse_message,
     thread_id_of,
 )
-from .server_requests import answer_for
+from .server_requests import TOOL_CALL, answer_for
 from .translate import TurnTranslator
 
 log = logging.getLogger("quartproxy.appserver")
@@ -444,7 +444,10 @@ class Worker:
         self.stats["server_requests"] += 1
         thread_id = thread_id_of(request)
         route = self.routes.get(thread_id) if thread_id is not None else None
-        answer = answer_for(request, tool_thread=route.tool_thread if route else False)
+        # A client tool call only ever comes on a tool thread; one whose route is already gone
+        # belongs to a request that finished (its thread is being deleted): leave it pending.
+        tool_thread = route.tool_thread if route is not None else request.method == TOOL_CALL
+        answer = answer_for(request, tool_thread=tool_thread)
         log.info("worker %s: server request %s for thread %s: %s", self.name, request.method,
                  thread_id, "left pending" if answer is None else "answered",
                  extra={"req_id": route.diagnostics.extra.get("req_id") if route else None})
