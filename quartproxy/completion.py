@@ -311,7 +311,8 @@ class Completion:
                 self._message(event.last_message, out)
             if not self.done:
                 reason = event.finish_reason or "stop"
-                reason = reason if reason in FINISH_REASONS else "stop"
+                # "tool_calls" is only ever true when calls were collected (rule 8).
+                reason = reason if reason in FINISH_REASONS - {"tool_calls"} else "stop"
                 self._finish("tool_calls" if self.calls else reason, out)
         elif isinstance(event, TurnAborted):
             self._terminate_with_text_or(

@@ -24,12 +24,20 @@ Stream grammar enforced (``text/event-stream``, see spec/lifecycle.md)
   closes, so a body that does not end right after [DONE] hangs or breaks clients, and a body that
   ends without it looks like a truncated answer.
 
-Chunk order (chat): role chunk, content chunks, exactly one finish chunk (``delta == {}``),
+Chunk order (chat): role chunk, content chunks and tool-call chunks, exactly one finish chunk
+(``delta == {}``),
 exactly one usage chunk (``choices == []``) when ``include_usage``, then ``[DONE]``.  A stream may
 instead end with one error frame before ``[DONE]``; nothing but ``[DONE]`` may follow it.  Every
 chunk carries the same ``id``, ``created`` and ``model``; with ``include_usage`` every chunk has a
 ``usage`` key, ``null`` except on the usage chunk.  Legacy ``text_completion`` streams follow the
 same rules without the role chunk; their finish chunk carries ``text == ""``.
+
+Tool calls (chat): a chunk whose delta is ``{"tool_calls": [...]}``. The first entry for a call
+``index`` opens it and carries ``id``, ``type: "function"`` and ``function.name`` (and string
+``function.arguments``); later entries for that index carry only ``function.arguments``
+fragments. Indexes open in order 0, 1, 2 ... The finish reason is ``tool_calls`` exactly when at
+least one call was streamed, and every streamed call's arguments join to a JSON document. In a
+non-stream body the same holds for ``message.tool_calls`` (``content`` may then be ``null``).
 
 Frame indexes count the items returned by :func:`parse_sse` in body order: data frames, comment
 lines and stray field lines (``id:`` ...), 0-based.
@@ -64,7 +72,7 @@ ERROR_KEYS: Final = ("message", "type", "param", "code")
 FORBIDDEN_FIELDS: Final = {"id": "id-field", "retry": "retry-field", "event": "event-field"}
 
 FrameKind = Literal["data", "comment", "other"]
-ChunkKind = Literal["role", "content", "finish", "usage"]
+ChunkKind = Literal["role", "content", "tool_call", "finish", "usage"]
 JsonObject = dict[str, Any]
 
 
@@ -461,6 +469,12 @@ def _classify_chat(choice: Mapping[str, Any], sink: _Sink) -> ChunkKind | None:
     if "role" in delta:
         _check_role_delta(delta, sink)
         return "role"
+    if "tool_calls" in delta:
+        if set(delta) != {"tool_calls"} or not isinstance(delta["tool_calls"], list) or \
+                not delta["tool_calls"]:
+            sink.add("bad-tool-call", f"tool-call chunk delta must be {{'tool_calls': [...]}}, "
+                                      f"got {delta!r}")
+        return "tool_call"
     if set(delta) != {"content"} or not isinstance(delta["content"], str):
         sink.add("bad-delta", f"content chunk delta must be {{'content': str}}, got {delta!r}")
     return "content"
@@ -514,6 +528,7 @@ class _Stream:
     finish: bool = False
     usage: bool = False
     error: bool = False
+    calls: dict[int, list[str]] = dataclasses.field(default_factory=dict)  # index -> arguments
 
 
 def _check_stable(chunk: Mapping[str, Any], st: _Stream) -> None:
@@ -554,8 +569,8 @@ def _advance(kind: ChunkKind | None, st: _Stream) -> None:
         add("chunk-after-error", f"{kind or 'malformed'} chunk after an error frame")
     elif st.flavor.needs_role:
         _check_role_position(kind, st)
-    if kind == "content" and (st.finish or st.usage):
-        add("content-after-finish", "content chunk after the finish chunk")
+    if kind in ("content", "tool_call") and (st.finish or st.usage):
+        add("content-after-finish", f"{kind} chunk after the finish chunk")
     elif kind == "finish" and st.finish:
         add("duplicate-finish", "more than one finish chunk")
     elif kind == "usage":
@@ -586,7 +601,47 @@ def _on_chunk(chunk: Mapping[str, Any], st: _Stream) -> None:
     elif isinstance(chunk.get("choices"), list) and not chunk["choices"]:
         kind = "usage"
     _check_usage_key(chunk, kind, st)
+    if kind == "tool_call" and isinstance(choice, dict):
+        _on_tool_calls(choice["delta"]["tool_calls"], st)
+    elif kind == "finish" and isinstance(choice, dict) and not st.finish:
+        _check_finish_against_calls(choice.get("finish_reason"), bool(st.calls), st.sink)
     _advance(kind, st)
+
+
+def _on_tool_calls(entries: Any, st: _Stream) -> None:
+    add = st.sink.add
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict) or not _is_count(entry.get("index")):
+            add("bad-tool-call", f"each tool_calls entry needs an integer index: {entry!r}")
+            continue
+        index = entry["index"]
+        function = entry.get("function")
+        if not isinstance(function, dict) or not isinstance(function.get("arguments", ""), str):
+            add("bad-tool-call", f"tool call {index}: function.arguments must be a string")
+            continue
+        if index not in st.calls:
+            if index != len(st.calls):
+                add("tool-call-index", f"tool call index {index} opened out of order "
+                                       f"(expected {len(st.calls)})")
+            ok = (isinstance(entry.get("id"), str) and entry["id"]
+                  and entry.get("type") == "function"
+                  and isinstance(function.get("name"), str) and function["name"])
+            if not ok:
+                add("bad-tool-call", f"the first chunk of tool call {index} needs id, type "
+                                     f"'function' and function.name: {entry!r}")
+            st.calls[index] = []
+        elif set(entry) - {"index", "function"} or set(function) - {"arguments"}:
+            add("bad-tool-call", f"a later chunk of tool call {index} carries only "
+                                 f"function.arguments: {entry!r}")
+        st.calls[index].append(function.get("arguments", ""))
+
+
+def _check_finish_against_calls(reason: object, has_calls: bool, sink: _Sink) -> None:
+    if has_calls and reason != "tool_calls":
+        sink.add("finish-without-tool-calls",
+                 f"tool calls were made but finish_reason is {reason!r}")
+    elif not has_calls and reason == "tool_calls":
+        sink.add("tool-calls-finish-without-calls", "finish_reason tool_calls without a call")
 
 
 def _on_error_frame(doc: Mapping[str, Any], st: _Stream) -> None:
@@ -620,6 +675,12 @@ def _check_end(st: _Stream, done_index: int | None) -> None:
         return
     if not st.finish:
         st.sink.add("missing-finish", "the stream has no finish chunk")
+    for index, parts in st.calls.items():
+        try:
+            json.loads("".join(parts))
+        except ValueError:
+            st.sink.add("bad-tool-arguments", f"tool call {index}: the arguments do not join "
+                                              "to a JSON document")
     if st.include_usage and not st.usage:
         st.sink.add("missing-usage-chunk", "include_usage was requested but no usage chunk came")
 
@@ -685,21 +746,46 @@ def _check_usage_present(doc: Mapping[str, Any], sink: _Sink) -> None:
         _check_usage(doc["usage"], sink)
 
 
-def _check_message(message: object, sink: _Sink) -> None:
+def _check_message(message: object, reason: object, sink: _Sink) -> None:
     if not isinstance(message, dict):
         sink.add("bad-message", f"choices[0].message must be an object, got "
                                 f"{_type_name(message)}")
         return
     if message.get("role") != "assistant":
         sink.add("bad-role", f"message.role must be 'assistant', got {message.get('role')!r}")
-    if not isinstance(message.get("content"), str):
-        sink.add("bad-message", f"message.content must be a string, got "
-                                f"{message.get('content')!r}")
+    calls = message.get("tool_calls")
+    content = message.get("content")
+    if not isinstance(content, str) and not (calls and content is None):
+        sink.add("bad-message", f"message.content must be a string, got {content!r}")
     if "refusal" not in message or message["refusal"] is not None:
         sink.add("bad-message", "message.refusal must be present and null")
-    extra = sorted(set(message) - {"role", "content", "refusal"})
+    extra = sorted(set(message) - {"role", "content", "refusal", "tool_calls"})
     if extra:
         sink.add("bad-message", f"unexpected keys in message: {extra}")
+    if "tool_calls" in message:
+        _check_json_calls(calls, sink)
+    _check_finish_against_calls(reason, bool(calls), sink)
+
+
+def _check_json_calls(calls: object, sink: _Sink) -> None:
+    if not isinstance(calls, list) or not calls:
+        sink.add("bad-tool-call", f"message.tool_calls must be a non-empty array: {calls!r}")
+        return
+    for index, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        ok = (isinstance(call, dict) and set(call) == {"id", "type", "function"}
+              and isinstance(call["id"], str) and call["id"] and call["type"] == "function"
+              and isinstance(function, dict) and set(function) == {"name", "arguments"}
+              and isinstance(function["name"], str) and isinstance(function["arguments"], str))
+        if not ok:
+            sink.add("bad-tool-call", f"message.tool_calls[{index}] must be {{id, type: "
+                                      f"'function', function: {{name, arguments}}}}: {call!r}")
+            continue
+        try:
+            json.loads(function["arguments"])  # type: ignore[index]
+        except ValueError:
+            sink.add("bad-tool-arguments", f"message.tool_calls[{index}].function.arguments "
+                                           "is not a JSON document")
 
 
 def check_chat_json(
@@ -716,7 +802,7 @@ def check_chat_json(
     if isinstance(choice, dict):
         _check_choice_basics(choice, sink, final=True)
         _check_extra_keys(choice, {"index", "message", "logprobs", "finish_reason"}, sink)
-        _check_message(choice.get("message"), sink)
+        _check_message(choice.get("message"), choice.get("finish_reason"), sink)
     _check_usage_present(doc, sink)
     return sink.found
 

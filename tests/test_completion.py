@@ -58,6 +58,7 @@ from quartproxy.contract import (
     parse_sse,
 )
 from quartproxy.errors import ApiError
+from quartproxy.events import ErrorKind, ResponseDone, ToolCall
 from quartproxy.render import StreamRenderer, json_body
 from quartproxy.usage import estimate_tokens, make_usage
 
@@ -134,8 +135,10 @@ ROWS = [
         finish="content_filter", text="Hi",
     ),
     Row(
+        # A finish_reason of tool_calls without any collected call would make clients look for
+        # calls that are not there: it becomes stop.
         "tc_tool_calls", (Delta("Hi"), TaskComplete("Hi", "tool_calls")),
-        finish="tool_calls", text="Hi",
+        finish="stop", text="Hi",
     ),
     Row("tc_invalid_reason", (Delta("Hi"), TaskComplete("Hi", "eos")), finish="stop", text="Hi"),
     Row("tc_empty_reason", (Delta("Hi"), TaskComplete("Hi", "")), finish="stop", text="Hi"),
@@ -328,6 +331,26 @@ ROWS = [
         (Delta("done"), TaskComplete("done"), Delta(" more"), TokenCount(FLAT), Error("late")),
         finish="stop", text="done",
     ),
+    # codex's error kinds decide the status when there is no answer text; with text -> length
+    Row("err_usage_limit", (Error("You've hit your usage limit.", ErrorKind.USAGE_LIMIT),
+                            TaskComplete(None)), error=(429, "insufficient_quota")),
+    Row("err_rate_limit", (Error("exceeded retry limit, last status: 429", ErrorKind.RATE_LIMIT),
+                           TaskComplete(None)), error=(429, "rate_limit_exceeded")),
+    Row("err_context", (Error("ran out of room", ErrorKind.CONTEXT_WINDOW), TaskComplete(None)),
+        error=(400, "context_length_exceeded")),
+    Row("err_kind_after_text", (Delta("Hi"), Error("usage limit", ErrorKind.USAGE_LIMIT),
+                                TaskComplete(None)), finish="length", text="Hi"),
+    # the app-server worker carrying the turn died / a slow client overflowed the turn's buffer
+    Row("worker_exit_text", (Delta("Hi"),), end=End.WORKER_EXIT, finish="length", text="Hi"),
+    Row("worker_exit_no_text", (), end=End.WORKER_EXIT, error=(502, "worker_exited")),
+    Row("overflow_text", (Delta("Hi"),), end=End.OVERFLOW, finish="length", text="Hi"),
+    Row("overflow_no_text", (), end=End.OVERFLOW, error=(502, "backend_error")),
+    # app-server per-response usage adds up when no whole-turn total came
+    Row("response_counts", (Delta("Hi"), ResponseDone(EARLY), ResponseDone(EARLY),
+                            TaskComplete(None)), finish="stop", text="Hi", usage=(200, 2, 0, 0)),
+    Row("total_beats_response_counts", (Delta("Hi"), ResponseDone(EARLY), TokenCount(NESTED),
+                                        TaskComplete(None)),
+        finish="stop", text="Hi", usage=FULL_USAGE),
 ]
 
 
@@ -413,11 +436,13 @@ def expected_usage(row: Row) -> dict[str, Any]:
 
 def test_table_covers_every_end_cause_and_finish_reason() -> None:
     ends = {row.end for row in ROWS}
-    assert ends >= {None, End.EOF, End.TIMEOUT, End.IDLE, End.EARLY_FINALIZE, End.SHUTDOWN}
+    assert ends >= {None, End.EOF, End.TIMEOUT, End.IDLE, End.EARLY_FINALIZE, End.SHUTDOWN,
+                    End.WORKER_EXIT, End.OVERFLOW}
     finishes = {row.finish for row in ROWS}
-    assert finishes >= {"stop", "length", "content_filter", "tool_calls", None}
+    assert finishes >= {"stop", "length", "content_filter", None}
     codes = {row.error[1] for row in ROWS if row.error}
-    assert codes == {"backend_error", "request_timeout", "idle_timeout"}
+    assert codes == {"backend_error", "request_timeout", "idle_timeout", "insufficient_quota",
+                     "rate_limit_exceeded", "context_length_exceeded", "worker_exited"}
     assert len({row.name for row in ROWS}) == len(ROWS)
 
 
@@ -826,3 +851,85 @@ def test_many_one_char_deltas_stay_linear(monkeypatch: pytest.MonkeyPatch) -> No
     assert out == [Finished("stop")]
     assert len(completion.text()) == n
     assert completion.usage().completion_tokens == n // 4
+
+
+# --------------------------------------------------------------------------------------------
+# Client function calls (chat only: the legacy endpoint has no tools)
+
+CALL_A = ToolCall("call_a", "get_weather", '{"city": "Paris"}')
+CALL_B = ToolCall("call_b", "get_time", '{"tz": "Europe/Paris"}')
+
+
+@dataclass(frozen=True)
+class CallRow:
+    name: str
+    events: tuple[Event, ...]
+    end: End | None = None
+    calls: tuple[ToolCall, ...] = ()
+    text: str = ""
+    finish: str = "tool_calls"
+    parallel: bool = True
+
+
+CALL_ROWS = [
+    CallRow("one_call", (CALL_A, ResponseDone(EARLY)), calls=(CALL_A,)),
+    CallRow("parallel", (CALL_A, CALL_B, ResponseDone(EARLY)), calls=(CALL_A, CALL_B)),
+    CallRow("text_then_call", (Delta("Let me"), Delta(" check."), CALL_A, ResponseDone(EARLY)),
+            calls=(CALL_A,), text="Let me check."),
+    CallRow("not_parallel", (CALL_A, CALL_B, ResponseDone(EARLY)), calls=(CALL_A,),
+            parallel=False),
+    # the stream was cut after complete calls: they are final, the finish is tool_calls
+    CallRow("cut_by_timeout", (CALL_A,), end=End.TIMEOUT, calls=(CALL_A,)),
+    CallRow("cut_by_worker_exit", (CALL_A, CALL_B), end=End.WORKER_EXIT, calls=(CALL_A, CALL_B)),
+    CallRow("cut_by_shutdown", (Delta("x"), CALL_A), end=End.SHUTDOWN, calls=(CALL_A,),
+            text="x"),
+    CallRow("error_after_call", (CALL_A, Error("boom"), TaskComplete(None)), calls=(CALL_A,)),
+    # a response that ends without calls is followed by text as usual
+    CallRow("no_call", (ResponseDone(EARLY), Delta("Hi"), TaskComplete(None)), text="Hi",
+            finish="stop"),
+]
+
+
+@pytest.mark.parametrize("include_usage", [False, True], ids=["no_usage", "usage"])
+@pytest.mark.parametrize("row", CALL_ROWS, ids=lambda row: row.name)
+def test_tool_calls_stream_and_non_stream_agree(row: CallRow, include_usage: bool) -> None:
+    stream_completion = Completion(stream=True, prompt_chars=PROMPT_CHARS,
+                                   parallel_calls=row.parallel)
+    plain = Completion(stream=False, prompt_chars=PROMPT_CHARS, parallel_calls=row.parallel)
+    renderer = _renderer(False, include_usage)
+    parts = [renderer.opening()]
+    for event in row.events:
+        parts.append(renderer.render(stream_completion.feed(event), stream_completion))
+        plain.feed(event)
+    if row.end is not None:
+        parts.append(renderer.render(stream_completion.end(row.end), stream_completion))
+        plain.end(row.end)
+    body = b"".join(parts)
+    assert_valid(check_chat_stream(body, include_usage=include_usage, model=MODEL))
+    doc = plain_body(plain, legacy=False)
+    assert_valid(check_chat_json(doc, model=MODEL))
+    message = doc["choices"][0]["message"]
+    assert doc["choices"][0]["finish_reason"] == row.finish
+    assert message["content"] == (row.text or (None if row.calls else ""))
+    expected = [{"id": c.call_id, "type": "function",
+                 "function": {"name": c.name, "arguments": c.arguments}} for c in row.calls]
+    assert message.get("tool_calls", []) == expected
+    # The stream carries the same calls: a header chunk then the arguments, per call.
+    streamed: dict[int, dict[str, Any]] = {}
+    for frame in parse_sse(body):
+        if not isinstance(frame.json, dict):
+            continue
+        for choice in frame.json.get("choices") or []:
+            for entry in choice.get("delta", {}).get("tool_calls") or []:
+                call = streamed.setdefault(entry["index"], {"arguments": ""})
+                call.update({k: entry[k] for k in ("id", "type") if k in entry})
+                call.setdefault("name", entry["function"].get("name"))
+                call["arguments"] += entry["function"]["arguments"]
+    assert [(c["id"], c["name"], c["arguments"]) for _, c in sorted(streamed.items())] == [
+        (c.call_id, c.name, c.arguments) for c in row.calls]
+    text, finish, usage = collect_stream_content(body)
+    assert (text, finish) == (row.text, row.finish)
+    if include_usage:
+        assert usage == doc["usage"]
+    if row.events and isinstance(row.events[-1], ResponseDone):
+        assert doc["usage"]["prompt_tokens"] == EARLY.input_tokens  # the responses' own usage
