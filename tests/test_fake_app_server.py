@@ -245,12 +245,26 @@ def contains(have: list[dict[str, Any]], want: list[dict[str, Any]]) -> bool:
 
 
 def shape(obj: Any) -> Any:
-    """The key structure: dict keys recursively, a list as the shape of its first element."""
+    """The key structure: dict keys recursively, a list as the shape of its first element.
+    Tool ``arguments`` are data (their keys come from the tool's schema), not protocol."""
     if isinstance(obj, dict):
-        return {k: shape(v) for k, v in obj.items()}
+        return {k: None if k == "arguments" else shape(v) for k, v in obj.items()}
     if isinstance(obj, list):
         return [shape(obj[0])] if obj else []
     return None
+
+
+def shape_diff(real: Any, fake: Any, path: str = "") -> list[str]:
+    """Paths whose keys differ between two shapes (``-`` missing in the fake, ``+`` extra)."""
+    if isinstance(real, dict) and isinstance(fake, dict):
+        out = [f"-{path}.{k}" for k in real if k not in fake]
+        out += [f"+{path}.{k}" for k in fake if k not in real]
+        for k in real.keys() & fake.keys():
+            out += shape_diff(real[k], fake[k], f"{path}.{k}")
+        return out
+    if isinstance(real, list) and isinstance(fake, list):
+        return shape_diff(real[0], fake[0], f"{path}[0]") if real and fake else []
+    return [] if real == fake else [f"~{path}"]
 
 
 def meaning(msg: dict[str, Any]) -> Any:
@@ -293,6 +307,9 @@ UPSTREAM = {  # the capture's upstream scenario → the fake's markers
     "dyn_call": "SCENARIO=tool_call",
     "dyn_par2": "SCENARIO=tool_calls_parallel",
     "dyn_text_call": "SCENARIO=text_then_call TOOL_REQ=late",
+    "dyn_par3_gap": "SCENARIO=tool_call_gap CALLS=3 DELAY_MS=20",
+    "err500": "SCENARIO=error",
+    "drop": "SCENARIO=drop",
 }
 
 
@@ -402,7 +419,7 @@ def assert_same_conversation(real: list[dict[str, Any]], fake: list[dict[str, An
     want, got = collapse(real), collapse(fake)
     assert [key(m) for m in got] == [key(m) for m in want]
     for a, b in zip(want, got, strict=True):
-        assert shape(b) == shape(a), f"{key(a)}: key structure differs"
+        assert shape(b) == shape(a), f"{key(a)}: {shape_diff(shape(a), shape(b))}"
         assert meaning(b) == meaning(a), f"{key(a)}: {meaning(b)} != {meaning(a)}"
 
 
@@ -414,10 +431,13 @@ def dynamic_call_bookkeeping(msg: dict[str, Any]) -> bool:
 
 
 FIDELITY = [
-    "normal", "reasoning", "drop_once", "err429_usage", "err400ctx", "err429", "incomplete",
+    "normal", "reasoning", "drop_once", "drop", "err429_usage", "err400ctx", "err429", "err500",
+    "incomplete",
     "interrupt", "thread_cleanup", "protocol_errors", "approval_error_reply",
     "approval_untrusted_accept", "approval_untrusted_noanswer", "history", "steer_while_active",
-    "dyntool_text_call", "dyntool_noanswer_delete", "dyntool_answer_ok", "dyntool_resume",
+    "dyntool_text_call", "dyntool_noanswer_delete", "dyntool_noanswer_interrupt",
+    "dyntool_answer_ok", "dyntool_answer_fail", "dyntool_answer_rpc_error", "dyntool_resume",
+    "dyntool_par3gap_noanswer_raw",
     "stdin_close_midturn", "sigterm_midturn",
 ]
 
@@ -523,6 +543,28 @@ async def test_scenarios_say_what_fake_codex_says(spawn: Spawn, fast_app_server:
             turn_usage["total_tokens"]), prompt
     await proto.close_stdin()
     assert await proto.exit_code() == 0
+
+
+async def test_tool_scenario_items_are_shaped_like_codex_commands(spawn: Spawn) -> None:
+    worker = await spawn()
+    await worker.handshake()
+    thread_id = await worker.thread()
+    await worker.turn(thread_id, "SCENARIO=tool")
+    await worker.completed(thread_id)
+    records, _ = capture("tool_exec")
+    real = [r["msg"] for r in records if r["dir"] == "server->client"]
+
+    def command_msgs(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [m for m in msgs if m.get("method") == "item/commandExecution/outputDelta"
+                or (m.get("params") or {}).get("item", {}).get("type") == "commandExecution"]
+
+    mine, theirs = command_msgs(worker.msgs), command_msgs(real)
+    assert [key(m) for m in mine] == [key(m) for m in theirs]
+    assert [shape(m) for m in mine] == [shape(m) for m in theirs]
+    assert "".join(p["delta"] for p in worker.notes("item/commandExecution/outputDelta")) == (
+        "hi-from-tool\nREADME.txt\n")
+    # command (response 1), then two messages (response 2): two usage updates.
+    assert len(worker.notes("thread/tokenUsage/updated", thread_id)) == 2
 
 
 async def test_usage_is_cumulative_per_thread(spawn: Spawn) -> None:
