@@ -479,9 +479,14 @@ async def test_concurrent_threads_interleave_and_route(spawn: Spawn) -> None:
     worker = await spawn()
     await worker.handshake()
     threads = [await worker.thread() for _ in range(4)]
+    for n, thread_id in enumerate(threads):  # back to back, as the capture's client did
+        await worker.send({"id": f"turn-{n}", "method": "turn/start", "params": {
+            "threadId": thread_id,
+            "input": [{"type": "text", "text": f"Count SCENARIO=paced DELAY_MS=50 N={n}"}]}})
     turns = {}
     for n, thread_id in enumerate(threads):
-        turns[thread_id] = await worker.turn(thread_id, f"Count SCENARIO=paced DELAY_MS=20 N={n}")
+        started = await worker.wait_for(lambda n=n: worker.response(f"turn-{n}"), "turn/start")
+        turns[thread_id] = started["result"]["turn"]["id"]
     for thread_id in threads:
         assert (await worker.completed(thread_id))["status"] == "completed"
     for msg in worker.msgs:
@@ -622,9 +627,14 @@ async def test_opt_out_and_the_experimental_capability(spawn: Spawn) -> None:
 async def test_process_hooks_and_stdin_eof(spawn: Spawn, tmp_path: Path) -> None:
     pids, record = tmp_path / "pids", tmp_path / "record"
     worker = await spawn("-c", 'model="gpt-test"', "app-server", "-c", "model_provider=local",
-                         env={"FAKE_CODEX_PID_DIR": str(pids), "FAKE_CODEX_RECORD": str(record)})
+                         env={"FAKE_CODEX_PID_DIR": str(pids), "FAKE_CODEX_RECORD": str(record),
+                              "CODEX_HOME": str(tmp_path / "home")})
     await worker.handshake()
-    thread_id = await worker.thread(experimentalRawEvents=False)
+    started = await worker.result("thread/start", {"cwd": str(tmp_path)})
+    thread_id = started["thread"]["id"]
+    assert started["thread"]["model"] == "gpt-test" and started["modelProvider"] == "local"
+    assert started["thread"]["path"].startswith(f"{tmp_path}/home/sessions/")
+    assert started["thread"]["path"].endswith(f"-{thread_id}.jsonl")
     result = await worker.result("thread/loaded/list")
     assert result == {"data": [thread_id], "nextCursor": None}
     pid = worker.proc.pid
@@ -632,9 +642,6 @@ async def test_process_hooks_and_stdin_eof(spawn: Spawn, tmp_path: Path) -> None
         "-c", 'model="gpt-test"', "app-server", "-c", "model_provider=local"]
     header = json.loads((record / f"{pid}.json").read_text())
     assert header["config_overrides"] == {"model": "gpt-test", "model_provider": "local"}
-    started = worker.msgs[-3]
-    assert started["result"]["thread"]["model"] == "gpt-test"
-    assert started["result"]["modelProvider"] == "local"
     await worker.turn(thread_id, "Tell a story SCENARIO=slow DELAY_MS=50")
     await worker.wait_for(lambda: worker.notes("item/agentMessage/delta"), "a delta")
     await worker.close_stdin()
