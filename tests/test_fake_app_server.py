@@ -677,7 +677,8 @@ async def test_versions_gate_methods_and_notifications(spawn: Spawn) -> None:
     assert "cacheWriteInputTokens" not in old.notes("thread/tokenUsage/updated")[0]["tokenUsage"][
         "total"]
     assert await old.result("thread/archive", {"threadId": thread_id}) == {}
-    assert old.notes("thread/archived") == [{"threadId": thread_id}]
+    archived = await old.wait_for(lambda: old.notes("thread/archived"), "thread/archived")
+    assert archived == [{"threadId": thread_id}]
 
     older = await spawn(env={"FAKE_CODEX_VERSION": "0.100.0"})
     await older.handshake()
