@@ -114,6 +114,7 @@ def create_app(
 
     @app.after_serving
     async def _stop() -> None:
+        await app.state.backend.aclose()
         app.state.usage_log.close()
         if app.state.proto_log is not None:
             app.state.proto_log.close()

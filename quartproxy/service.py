@@ -151,6 +151,9 @@ class CompletionService:
             await nursery.start(relay.run)
         except BackendUnavailable as exc:
             await self._refused(exchange, slot, "backend_unavailable")
+            if exc.code == "concurrency_exceeded":  # every worker is carrying all it may
+                raise errors.ApiError(429, str(exc), "rate_limit_error",
+                                      "concurrency_exceeded") from None
             raise errors.ApiError(503, str(exc), "server_error", exc.code) from None
         except BackendRejected as exc:
             await self._refused(exchange, slot, "backend_rejected")

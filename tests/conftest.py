@@ -29,6 +29,7 @@ from quartproxy.server import serve
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 FAKE_CODEX = FIXTURES / "fake_codex.py"
+FAKE_APP_SERVER = FIXTURES / "fake_app_server.py"
 API_KEY = "test-key-0123456789"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -60,6 +61,12 @@ class Proxy:
 
     def pids(self) -> list[int]:
         return sorted(int(p.name) for p in self.pid_dir.iterdir() if p.name.isdigit())
+
+    async def wait_ready(self, workers: int = 1) -> None:
+        """App-server backend: wait until ``workers`` workers accept turns."""
+        backend = self.state.backend
+        with trio.fail_after(30):
+            await backend.ready_count.wait_value(lambda n: n >= workers)
 
     async def wait_idle(self, timeout: float = 15) -> None:
         """Wait until every child this proxy started has been reaped."""
@@ -111,9 +118,22 @@ def fast_fake(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def _with_shebang(source: Path, target: Path) -> Path:
+    text = source.read_text().split("\n", 1)[1]
+    target.write_text(f"#!{sys.executable}\n{text}")
+    target.chmod(0o755)
+    return target
+
+
+@pytest.fixture(scope="session")
+def fast_fake_app(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """fixtures/fake_app_server.py with this interpreter in its shebang (see ``fast_fake``)."""
+    return _with_shebang(FAKE_APP_SERVER, tmp_path_factory.mktemp("bin") / "codex")
+
+
 @pytest.fixture
 async def start_proxy(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fast_fake: Path
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fast_fake: Path, fast_fake_app: Path
 ) -> AsyncIterator[StartProxy]:
     pid_root = tmp_path / "pids"
     pid_root.mkdir()
@@ -126,7 +146,8 @@ async def start_proxy(
             monkeypatch.setenv("FAKE_CODEX_PID_DIR", str(pid_dir))
             for key, value in (child_env or {}).items():
                 monkeypatch.setenv(key, value)
-            overrides.setdefault("codex_bin", str(fast_fake))
+            app_server = overrides.get("backend") == "app-server"
+            overrides.setdefault("codex_bin", str(fast_fake_app if app_server else fast_fake))
             settings = make_settings(tmp_path, **overrides)
             lifecycle = Lifecycle()
             holder: list[ProxyApp] = []

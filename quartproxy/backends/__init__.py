@@ -71,6 +71,9 @@ class UnavailableBackend:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
 
+    async def aclose(self) -> None:
+        """Nothing long-lived to end."""
+
     def readiness(self) -> list[str]:
         return [self.reason]
 

@@ -111,3 +111,6 @@ class Backend(Protocol):
 
     def readiness(self) -> list[str]:
         """Why the backend cannot take a turn now; ``[]`` when it can."""
+
+    async def aclose(self) -> None:
+        """After the last request: end the long-lived parts gracefully, within a bound."""

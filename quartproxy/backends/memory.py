@@ -74,6 +74,9 @@ class MemoryBackend:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
 
+    async def aclose(self) -> None:
+        """Nothing long-lived to end."""
+
     def readiness(self) -> list[str]:
         return [self.unavailable] if self.unavailable else []
 

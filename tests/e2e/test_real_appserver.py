@@ -189,7 +189,10 @@ class Stack:
         with trio.move_on_after(timeout):
             while not check():  # noqa: ASYNC110 - another process's state, polled
                 await trio.sleep(0.05)
-        assert check(), what
+        if not check():
+            log = self.server.stderr.decode(errors="replace")[-4000:]
+            processes = codex_processes(self.codex_home)
+            raise AssertionError(f"{what}; codex processes: {processes}; proxy log:\n{log}")
 
     async def ready(self) -> dict[str, Any]:
         async def probe() -> httpx.Response:

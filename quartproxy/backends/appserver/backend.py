@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+import trio_util
 
 from ... import __version__
 from ...config import Settings
@@ -81,6 +82,10 @@ class AppServerBackend:
         self._slot_state: list[str] = ["starting"] * settings.workers
         self._changed = trio.Event()
         self._generation = 0
+        # Workers accepting turns right now; tests and start-up logs can wait on it.
+        self.ready_count: trio_util.AsyncValue[int] = trio_util.AsyncValue(0)
+        self._closing = False
+        self._slots_done = trio.Event()
         self._capabilities = self._make_capabilities()
 
     def _make_capabilities(self) -> Capabilities:
@@ -120,7 +125,21 @@ class AppServerBackend:
                 best = worker
         return best
 
+    async def aclose(self) -> None:
+        """Shut down gracefully: take no new turns, let every worker delete its threads and
+        exit once idle (stdin closed), within ``WORKER_SHUTDOWN_GRACE_MS``; the pool's
+        cancellation afterwards ends whatever is left."""
+        self._closing = True
+        for worker in self.workers():
+            worker.retire()
+        self._notify()
+        with trio.move_on_after(self.settings.worker_shutdown_grace_ms / 1000 + 1):
+            for worker in self.workers():
+                await worker.gone.wait()
+
     async def _lease(self) -> Worker:
+        if self._closing:
+            raise BackendUnavailable("The server is shutting down.", code="shutting_down")
         deadline = trio.current_time() + self.settings.queue_timeout_ms / 1000
         while True:
             worker = self._pick()
@@ -144,6 +163,9 @@ class AppServerBackend:
                 await self._changed.wait()
 
     def _notify(self) -> None:
+        self.ready_count.value = sum(
+            1 for worker in self.slots if worker is not None and worker.accepting
+        )
         self._changed.set()
         self._changed = trio.Event()
 
@@ -195,7 +217,7 @@ class AppServerBackend:
     async def _keep_slot(self, index: int) -> None:
         settings = self.settings
         backoff = settings.worker_backoff_initial_ms / 1000
-        while True:
+        while not self._closing:
             self._restart_now[index] = trio.Event()
             try:
                 worker = self._new_worker(index)
@@ -233,6 +255,8 @@ class AppServerBackend:
             if self.slots[index] is worker:
                 self.slots[index] = None
             self._notify()
+            if self._closing:
+                return
             if worker.failure is not None:
                 if worker.ready.is_set():
                     backoff = settings.worker_backoff_initial_ms / 1000

@@ -211,6 +211,7 @@ class Worker:
         self._timeouts_in_row = 0
         self._send, self._outgoing = trio.open_memory_channel[bytes](math.inf)
         self._cleanups_send, self._cleanups = trio.open_memory_channel[str](math.inf)
+        self._cleanups_done = trio.Event()
         self._kill = trio.Event()  # end the process now (unhealthy)
         self._idle = trio.Event()  # set when active drops to 0 while retiring
 
@@ -316,6 +317,8 @@ class Worker:
                     if self.health_interval_s > 0:
                         nursery.start_soon(self._health_loop)
                     await self._until_done()
+                    if not self._kill.is_set():
+                        await self._flush_cleanups()
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
@@ -331,6 +334,13 @@ class Worker:
 
             nursery.start_soon(wait_for, self._kill)
             nursery.start_soon(wait_for, self._idle)
+
+    async def _flush_cleanups(self) -> None:
+        """A retiring worker deletes its last threads before it goes: a thread left behind
+        keeps its conversation file in CODEX_HOME."""
+        self._cleanups_send.close()
+        with trio.move_on_after(DELETE_TIMEOUT_S):
+            await self._cleanups_done.wait()
 
     async def _handshake(self) -> None:
         try:
@@ -456,6 +466,12 @@ class Worker:
 
     async def _cleanup_loop(self) -> None:
         """Delete (or archive) the threads of finished requests, off the requests' paths."""
+        try:
+            await self._cleanup_each()
+        finally:
+            self._cleanups_done.set()
+
+    async def _cleanup_each(self) -> None:
         async for thread_id in self._cleanups:
             try:
                 await self.call(self.cleanup_method, {"threadId": thread_id},

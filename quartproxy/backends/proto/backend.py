@@ -153,6 +153,9 @@ class ProtoBackend:
             task_status.started()
             await trio.sleep_forever()
 
+    async def aclose(self) -> None:
+        """Nothing long-lived to end."""
+
     def readiness(self) -> list[str]:
         reasons: list[str] = []
         try:
