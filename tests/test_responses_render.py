@@ -440,3 +440,20 @@ def test_event_bytes_are_event_line_then_one_data_line() -> None:
         event_line, data_line = block.split(b"\n")
         name = event_line.removeprefix(b"event: ")
         assert json.loads(data_line.removeprefix(b"data: "))["type"] == name.decode()
+
+
+def test_tool_block_gate_text_is_what_was_streamed() -> None:
+    """With PROXY_STOP_AFTER_TOOLS the gate holds text back and releases it later; the done
+    events carry exactly the released text."""
+    from quartproxy.toolblocks import ToolPolicy
+
+    policy = ToolPolicy(stop_after=True, mode="first", grace_s=0.3, max_blocks=0,
+                        suppress_tail=True)
+    events = [Delta("Intro <use_to"), Delta('ol name="x">{}</use_tool>'), Delta(" tail"),
+              TaskComplete(None)]
+    body, completion = stream(events, tools=policy)
+    transcript = checked_stream(body)
+    assert completion.finish_reason == "stop"
+    assert transcript.text == completion.text() == 'Intro <use_tool name="x">{}</use_tool>'
+    doc, _ = non_stream(events, tools=policy)
+    assert sdk_response(doc).output_text == transcript.text
