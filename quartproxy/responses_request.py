@@ -256,6 +256,7 @@ class _InputBuilder:
             last = self.items[-1]
             self.items[-1] = Item(last.role, last.text, (*last.tool_calls, call))
         else:
+            self._close_calls(where)  # a new assistant turn: earlier calls must be answered
             self.items.append(Item("assistant", "", (call,)))
             self.calls_follow = True
         self.open_calls[call_id] = self.index

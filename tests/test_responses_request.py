@@ -222,6 +222,12 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
         {"role": "user", "content": "go"},
         {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"}]},
      "input[1]", "invalid_request_error"),
+    ("new-call-before-answers", {"input": [
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+        {"type": "function_call", "call_id": "c2", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "1"},
+        {"type": "function_call", "call_id": "c3", "name": "f", "arguments": "{}"}]},
+     "input[1]", "invalid_request_error"),
     ("duplicate-call-id", {"input": [
         {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
         {"type": "function_call", "call_id": "c", "name": "g", "arguments": "{}"}]},
