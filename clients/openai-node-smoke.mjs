@@ -4,8 +4,9 @@
 //   OPENAI_BASE_URL=http://127.0.0.1:11435/v1 OPENAI_API_KEY=... \
 //   E2E_NODE_DIR=<dir where `npm install openai` ran> node clients/openai-node-smoke.mjs
 //
-// Runs a chat completion (non-stream), a chat stream with stream_options.include_usage, and a
-// legacy completion (non-stream and stream). Prints one JSON summary on stdout and exits 1 if
+// Runs a chat completion (non-stream), a chat stream with stream_options.include_usage, a
+// legacy completion (non-stream and stream), and the Responses API (responses.create without
+// and with stream: true, and the responses.stream() helper). Prints one JSON summary on stdout and exits 1 if
 // anything does not match (EXPECTED_TEXT, when set, is the answer every call must return).
 // `tests/e2e/test_clients.py` runs it from `nox -s clients`.
 
@@ -145,11 +146,79 @@ await run("completion_stream", async () => {
   return { text, finish_reason: finishes[0] ?? null };
 });
 
+function checkResponsesUsage(name, usage) {
+  expect(`${name}: usage present`, usage && typeof usage === "object", usage);
+  if (!usage) return;
+  for (const key of ["input_tokens", "output_tokens", "total_tokens"]) {
+    expect(`${name}: usage.${key} is an integer`, Number.isInteger(usage[key]), usage);
+  }
+  expect(`${name}: total = input + output`,
+    usage.total_tokens === usage.input_tokens + usage.output_tokens, usage);
+  expect(`${name}: cached_tokens`, Number.isInteger(usage.input_tokens_details?.cached_tokens),
+    usage);
+}
+
+await run("responses", async () => {
+  const res = await client.responses.create({ model, input: "Say hello" });
+  expect("responses: object", res.object === "response", res.object);
+  expect("responses: id", typeof res.id === "string" && res.id.startsWith("resp_"), res.id);
+  expect("responses: status", res.status === "completed", res.status);
+  expect("responses: model", res.model === model, res.model);
+  checkText("responses", res.output_text);
+  checkResponsesUsage("responses", res.usage);
+  return { text: res.output_text, status: res.status, usage: res.usage };
+});
+
+await run("responses_stream", async () => {
+  const stream = await client.responses.create({ model, input: "Say hello", stream: true });
+  const types = [];
+  let text = "";
+  let doneText = null;
+  let lastSeq = -1;
+  let final = null;
+  for await (const event of stream) {
+    types.push(event.type);
+    expect("responses_stream: sequence numbers increase", event.sequence_number > lastSeq,
+      [lastSeq, event.sequence_number]);
+    lastSeq = event.sequence_number;
+    if (event.type === "response.output_text.delta") text += event.delta;
+    if (event.type === "response.output_text.done") doneText = event.text;
+    if (event.type === "response.completed") final = event.response;
+  }
+  expect("responses_stream: starts with response.created", types[0] === "response.created",
+    types);
+  expect("responses_stream: ends with response.completed",
+    types[types.length - 1] === "response.completed", types);
+  expect("responses_stream: done text = deltas", doneText === text, [doneText, text]);
+  const finalText = (final?.output ?? []).filter((item) => item.type === "message")
+    .flatMap((item) => item.content).map((part) => part.text).join("");
+  expect("responses_stream: final output = deltas", finalText === text, finalText);
+  checkText("responses_stream", text);
+  checkResponsesUsage("responses_stream", final?.usage);
+  return { text, status: final?.status ?? null, usage: final?.usage ?? null,
+    events: types.length };
+});
+
+await run("responses_helper", async () => {
+  const stream = client.responses.stream({ model, input: "Say hello" });
+  let text = "";
+  stream.on("response.output_text.delta", (event) => { text += event.delta; });
+  const final = await stream.finalResponse();
+  expect("responses_helper: status", final.status === "completed", final.status);
+  expect("responses_helper: output_text = deltas", final.output_text === text,
+    [final.output_text, text]);
+  checkText("responses_helper", final.output_text);
+  return { text: final.output_text, status: final.status, usage: final.usage };
+});
+
 const texts = Object.values(results).map((r) => r.text);
 expect("all calls return the same answer", new Set(texts).size === 1, texts);
 expect("stream and non-stream usage agree",
   JSON.stringify(results.chat?.usage) === JSON.stringify(results.chat_stream?.usage),
   [results.chat?.usage, results.chat_stream?.usage]);
+expect("responses: stream and non-stream usage agree",
+  JSON.stringify(results.responses?.usage) === JSON.stringify(results.responses_stream?.usage),
+  [results.responses?.usage, results.responses_stream?.usage]);
 
 console.log(JSON.stringify({
   ok: mismatches.length === 0,

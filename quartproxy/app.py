@@ -22,7 +22,7 @@ from .config import Settings
 from .lifecycle import Lifecycle
 from .models import ModelCatalog
 from .observability import Metrics, NdjsonLog, write_access
-from .routes import completions, models, probes, test_hooks, usage
+from .routes import completions, models, probes, responses, test_hooks, usage
 from .service import CompletionService
 
 
@@ -99,6 +99,8 @@ def create_app(
     for blueprint in (probes.blueprint, models.blueprint, usage.blueprint,
                       completions.blueprint):
         app.register_blueprint(blueprint)
+    if settings.enable_responses:
+        app.register_blueprint(responses.blueprint)
     if settings.test_endpoints:
         app.register_blueprint(test_hooks.blueprint)
 

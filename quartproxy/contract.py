@@ -41,6 +41,10 @@ non-stream body the same holds for ``message.tool_calls`` (``content`` may then 
 
 Frame indexes count the items returned by :func:`parse_sse` in body order: data frames, comment
 lines and stray field lines (``id:`` ...), 0-based.
+
+Responses API (``/v1/responses``) bodies have their own checkers, :func:`check_responses_stream`
+and :func:`check_responses_json`, described with them at the end of this module: typed
+``event:`` + ``data:`` blocks, no ``[DONE]``, one terminal event.
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ __all__ = [
     "FINISH_REASONS",
     "ContractError",
     "Frame",
+    "ResponsesEvent",
+    "ResponsesTranscript",
     "Violation",
     "assert_valid",
     "check_chat_json",
@@ -62,8 +68,13 @@ __all__ = [
     "check_completion_json",
     "check_completion_stream",
     "check_error_json",
+    "check_responses_json",
+    "check_responses_stream",
+    "collect_responses_stream",
     "collect_stream_content",
+    "parse_responses_sse",
     "parse_sse",
+    "response_output_text",
 ]
 
 DONE: Final = "[DONE]"
@@ -871,3 +882,634 @@ def collect_stream_content(body: bytes) -> tuple[str, str | None, JsonObject | N
                 found = choice.get("finish_reason")
                 reason = found if isinstance(found, str) else reason
     return "".join(parts), reason, usage
+
+
+# =========================================================================== Responses API
+#
+# ``/v1/responses`` streams follow another grammar (see :func:`check_responses_stream`): every
+# event block is ``event: <type>`` + one ``data: <json>`` line whose ``type`` is that name, with
+# a strictly increasing ``sequence_number``; ``:`` comment blocks (keepalives) may come between
+# events; there is no ``[DONE]`` — the stream ends right after its one terminal event
+# (``response.completed``/``response.incomplete``/``response.failed``). For these streams a
+# violation's index is the *block* index: one event or one comment block per index.
+
+RESPONSE_STATUSES: Final = frozenset({"completed", "incomplete", "failed", "in_progress"})
+ITEM_STATUSES: Final = frozenset({"in_progress", "completed", "incomplete"})
+TERMINAL_EVENTS: Final = {
+    "response.completed": "completed",
+    "response.incomplete": "incomplete",
+    "response.failed": "failed",
+}
+LIFECYCLE_EVENTS: Final = frozenset({"response.created", "response.in_progress"})
+RESPONSE_REQUIRED_KEYS: Final = ("parallel_tool_calls", "tool_choice", "tools", "output")
+
+
+@dataclass(frozen=True)
+class ResponsesEvent:
+    """One block of a Responses stream: an event (``name`` + ``data``) or comments only."""
+
+    index: int
+    name: str | None
+    data: str | None
+    json: Any
+    comments: tuple[str, ...]
+    stray: tuple[str, ...]  # lines that are neither event:, data: nor comments
+    data_lines: int
+    event_lines: int
+    terminated: bool
+    end: int
+    json_error: str | None = None
+
+
+def _responses_block(index: int, block: _Block) -> ResponsesEvent:
+    name: str | None = None
+    datas: list[str] = []
+    comments: list[str] = []
+    stray: list[str] = []
+    events = 0
+    for line in block.lines:
+        if line.startswith(":"):
+            comments.append(line)
+            continue
+        field_name, colon, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field_name == "event" and colon:
+            events += 1
+            name = value
+        elif field_name == "data" and colon:
+            datas.append(value)
+        else:
+            stray.append(line)
+    data = "\n".join(datas) if datas else None
+    parsed: Any = None
+    error: str | None = None
+    if data is not None and data != DONE:
+        try:
+            parsed = _loads(data)
+        except ValueError as exc:
+            error = str(exc)
+    return ResponsesEvent(index, name, data, parsed, tuple(comments), tuple(stray), len(datas),
+                          events, block.terminated, block.end, error)
+
+
+def parse_responses_sse(body: bytes) -> list[ResponsesEvent]:
+    """Split a Responses SSE body into blocks (lenient, like :func:`parse_sse`)."""
+    text = _normalize_newlines(body.decode("utf-8", errors="replace"))
+    return [_responses_block(i, block) for i, block in enumerate(_split_blocks(text))]
+
+
+# --------------------------------------------------------------------------- response objects
+
+
+def _check_responses_usage(usage: object, sink: _Sink) -> None:
+    if not isinstance(usage, dict):
+        sink.add("bad-usage", f"usage must be an object, got {_type_name(usage)}")
+        return
+    counts: dict[str, int] = {}
+    for key in ("input_tokens", "output_tokens", "total_tokens"):
+        value = usage.get(key)
+        if _is_count(value):
+            counts[key] = value
+        else:
+            sink.add("bad-usage", f"usage.{key} must be an integer >= 0, got {value!r}")
+    if len(counts) == 3 and counts["total_tokens"] != (
+        counts["input_tokens"] + counts["output_tokens"]
+    ):
+        sink.add("usage-total-mismatch",
+                 f"total_tokens {counts['total_tokens']} != input_tokens "
+                 f"{counts['input_tokens']} + output_tokens {counts['output_tokens']}")
+    _check_usage_details(usage, "input_tokens_details", "cached_tokens", sink)
+    _check_usage_details(usage, "output_tokens_details", "reasoning_tokens", sink)
+
+
+def _item_text(item: Mapping[str, Any]) -> str | None:
+    """The concatenated output_text of a message item (None when it is not a message)."""
+    if item.get("type") != "message" or not isinstance(item.get("content"), list):
+        return None
+    return "".join(part.get("text", "") for part in item["content"]
+                   if isinstance(part, dict) and part.get("type") == "output_text"
+                   and isinstance(part.get("text"), str))
+
+
+def _check_message_item(item: Mapping[str, Any], where: str, sink: _Sink) -> None:
+    if item.get("role") != "assistant":
+        sink.add("bad-item", f"{where}.role must be 'assistant', got {item.get('role')!r}")
+    content = item.get("content")
+    if not isinstance(content, list):
+        sink.add("bad-item", f"{where}.content must be a list, got {_type_name(content)}")
+        return
+    for number, part in enumerate(content):
+        here = f"{where}.content[{number}]"
+        if not isinstance(part, dict):
+            sink.add("bad-item", f"{here} must be an object")
+        elif part.get("type") == "output_text":
+            if not isinstance(part.get("text"), str):
+                sink.add("bad-item", f"{here}.text must be a string, got {part.get('text')!r}")
+            if not isinstance(part.get("annotations"), list):
+                sink.add("bad-item", f"{here}.annotations must be a list")
+        elif part.get("type") != "refusal":
+            sink.add("bad-item", f"{here}.type must be output_text or refusal, got "
+                                 f"{part.get('type')!r}")
+
+
+def _check_reasoning_item(item: Mapping[str, Any], where: str, sink: _Sink) -> None:
+    summary = item.get("summary")
+    if not isinstance(summary, list):
+        sink.add("bad-item", f"{where}.summary must be a list, got {_type_name(summary)}")
+        return
+    for number, part in enumerate(summary):
+        if not (isinstance(part, dict) and part.get("type") == "summary_text"
+                and isinstance(part.get("text"), str)):
+            sink.add("bad-item", f"{where}.summary[{number}] must be a summary_text part, "
+                                 f"got {part!r}")
+
+
+def _check_item(item: object, where: str, sink: _Sink, *, final: bool) -> str | None:
+    """Check one output item; its id when it has a usable one."""
+    if not isinstance(item, dict):
+        sink.add("bad-item", f"{where} must be an object, got {_type_name(item)}")
+        return None
+    kind = item.get("type")
+    ident = item.get("id")
+    if not isinstance(ident, str) or not ident:
+        sink.add("bad-item", f"{where}.id must be a non-empty string, got {ident!r}")
+        ident = None
+    status = item.get("status")
+    if kind == "message":
+        _check_message_item(item, where, sink)
+    elif kind == "reasoning":
+        _check_reasoning_item(item, where, sink)
+        return ident
+    elif kind == "function_call":
+        for key in ("call_id", "name", "arguments"):
+            if not isinstance(item.get(key), str) or (key != "arguments" and not item[key]):
+                sink.add("bad-item", f"{where}.{key} must be a string, got {item.get(key)!r}")
+    else:
+        sink.add("bad-item-type", f"{where}.type must be message, reasoning or function_call, "
+                                  f"got {kind!r}")
+        return ident
+    if status not in ITEM_STATUSES:
+        sink.add("bad-item", f"{where}.status must be one of {sorted(ITEM_STATUSES)}, got "
+                             f"{status!r}")
+    elif final and status == "in_progress":
+        sink.add("item-status", f"{where} is still in_progress in a final response")
+    return ident
+
+
+def _check_status_fields(doc: Mapping[str, Any], status: object, sink: _Sink) -> None:
+    error = doc.get("error")
+    details = doc.get("incomplete_details")
+    if status == "failed":
+        if not (isinstance(error, dict) and isinstance(error.get("message"), str)
+                and isinstance(error.get("code"), str)):
+            sink.add("status-mismatch", f"a failed response needs error {{code, message}}, "
+                                        f"got {error!r}")
+    elif error is not None:
+        sink.add("status-mismatch", f"error must be null unless the status is failed, got "
+                                    f"{error!r}")
+    if status == "incomplete":
+        if not (isinstance(details, dict) and isinstance(details.get("reason"), str)):
+            sink.add("status-mismatch", f"an incomplete response needs incomplete_details."
+                                        f"reason, got {details!r}")
+    elif details is not None:
+        sink.add("status-mismatch", f"incomplete_details must be null unless the status is "
+                                    f"incomplete, got {details!r}")
+
+
+def _check_response_object(
+    doc: Mapping[str, Any], *, model: str | None, final: bool, sink: _Sink
+) -> None:
+    """A ``response`` object; ``final``: the non-stream body or a terminal event's response."""
+    ident = doc.get("id")
+    if not (isinstance(ident, str) and ident.startswith("resp_") and len(ident) > 5):
+        sink.add("bad-id", f"id must be a string starting with 'resp_', got {ident!r}")
+    if doc.get("object") != "response":
+        sink.add("bad-object", f"object must be 'response', got {doc.get('object')!r}")
+    created = doc.get("created_at")
+    if not _is_count(created):
+        sink.add("bad-created", f"created_at must be an integer >= 0, got {created!r}")
+    _check_model(doc.get("model"), model, sink)
+    for key in RESPONSE_REQUIRED_KEYS:
+        if key not in doc:
+            sink.add("missing-key", f"{key} is missing")
+    status = doc.get("status")
+    if status not in RESPONSE_STATUSES or (final and status == "in_progress"):
+        allowed = sorted(RESPONSE_STATUSES - ({"in_progress"} if final else set()))
+        sink.add("bad-status", f"status must be one of {allowed}, got {status!r}")
+    _check_status_fields(doc, status, sink)
+    output = doc.get("output")
+    if not isinstance(output, list):
+        sink.add("bad-output", f"output must be a list, got {_type_name(output)}")
+        output = []
+    seen: set[str] = set()
+    for number, item in enumerate(output):
+        item_id = _check_item(item, f"output[{number}]", sink, final=final)
+        if item_id is not None:
+            if item_id in seen:
+                sink.add("duplicate-item-id", f"output item id {item_id!r} appears twice")
+            seen.add(item_id)
+        if (final and isinstance(item, dict) and item.get("type") == "message"
+                and status in ("completed", "incomplete") and item.get("status") != status):
+            sink.add("item-status", f"output[{number}] (a message) says {item.get('status')!r} "
+                                    f"in a {status} response")
+    if final:
+        if "usage" not in doc:
+            sink.add("missing-usage", "usage is mandatory in a final response")
+        else:
+            _check_responses_usage(doc["usage"], sink)
+    elif doc.get("usage") is not None:
+        sink.add("bad-usage", "usage must be null before the response is final")
+
+
+def check_responses_json(
+    body: bytes | Mapping[str, Any], *, model: str | None = None
+) -> list[Violation]:
+    """Validate a non-stream ``response`` object (``POST /v1/responses``)."""
+    sink = _Sink()
+    doc = _load_object(body, sink)
+    if doc is None:
+        return sink.found
+    if "error" in doc and "object" not in doc:
+        sink.add("error-body", f"expected a response, got an error envelope: {doc['error']!r}")
+        return sink.found
+    _check_response_object(doc, model=model, final=True, sink=sink)
+    return sink.found
+
+
+# --------------------------------------------------------------------------- stream state
+
+
+@dataclass
+class _OpenItem:
+    index: int
+    item_id: str | None
+    kind: object
+    parts: dict[int, list[str]] = dataclasses.field(default_factory=dict)  # content/summary
+    open_parts: set[int] = dataclasses.field(default_factory=set)
+    done_parts: dict[int, str] = dataclasses.field(default_factory=dict)
+    arguments: list[str] = dataclasses.field(default_factory=list)
+    arguments_done: str | None = None
+
+
+@dataclass
+class _RStream:
+    sink: _Sink
+    model: str | None
+    seq: int | None = None
+    response_id: object = None
+    created: bool = False
+    in_progress: bool = False
+    terminal: int | None = None
+    item: _OpenItem | None = None
+    added: int = 0
+    ids: set[str] = dataclasses.field(default_factory=set)
+    done_items: list[Any] = dataclasses.field(default_factory=list)
+
+
+def _check_block_grammar(ev: ResponsesEvent, sink: _Sink) -> None:
+    if not ev.terminated:
+        sink.add("unterminated-frame", "block is not terminated by a blank line (\\n\\n)")
+    for line in ev.stray:
+        name = line.partition(":")[0]
+        rule = {"id": "id-field", "retry": "retry-field"}.get(name, "unknown-field")
+        sink.add(rule, f"only event:, data: and ':' comment lines are allowed, got {line!r}")
+    if ev.data == DONE:
+        sink.add("done-in-responses", "Responses streams end with their terminal event, "
+                                      "not data: [DONE]")
+        return
+    if ev.data is None:
+        if ev.event_lines:
+            sink.add("missing-data", f"event {ev.name!r} has no data: line")
+        return
+    if ev.event_lines != 1:
+        sink.add("missing-event-field" if not ev.event_lines else "duplicate-event-field",
+                 f"an event block needs exactly one event: line, got {ev.event_lines}")
+    if ev.data_lines != 1:
+        sink.add("multi-line-data", f"the event's JSON must be one data: line, got "
+                                    f"{ev.data_lines}")
+    if ev.json_error is not None:
+        sink.add("bad-json", f"data is not JSON ({ev.json_error}): {ev.data!r}")
+    elif not isinstance(ev.json, dict):
+        sink.add("not-object", f"data must be a JSON object, got {_type_name(ev.json)}")
+    elif ev.json.get("type") != ev.name and ev.event_lines:
+        sink.add("event-type-mismatch", f"event: {ev.name!r} but data.type is "
+                                        f"{ev.json.get('type')!r}")
+
+
+def _check_sequence(doc: Mapping[str, Any], st: _RStream) -> None:
+    seq = doc.get("sequence_number")
+    if not _is_count(seq):
+        st.sink.add("bad-sequence-number", f"sequence_number must be an integer >= 0, got "
+                                           f"{seq!r}")
+        return
+    if st.seq is not None and seq <= st.seq:
+        st.sink.add("sequence-not-increasing", f"sequence_number {seq} after {st.seq}")
+    st.seq = seq
+
+
+def _on_lifecycle(kind: str, doc: Mapping[str, Any], st: _RStream) -> None:
+    response = doc.get("response")
+    if not isinstance(response, dict):
+        st.sink.add("bad-response", f"{kind} needs a response object")
+        return
+    if kind == "response.created":
+        if st.created:
+            st.sink.add("duplicate-created", "more than one response.created")
+        st.created = True
+        st.response_id = response.get("id")
+    elif kind == "response.in_progress":
+        if st.in_progress or st.added:
+            st.sink.add("misplaced-in-progress", "response.in_progress must come once, before "
+                                                 "any output item")
+        st.in_progress = True
+    if response.get("id") != st.response_id:
+        st.sink.add("response-id-changed", f"response id {response.get('id')!r}, stream "
+                                           f"started as {st.response_id!r}")
+    final = kind in TERMINAL_EVENTS
+    _check_response_object(response, model=st.model, final=final, sink=st.sink)
+    if not final and response.get("status") not in ("in_progress", "queued"):
+        st.sink.add("bad-status", f"{kind} must say in_progress, got {response.get('status')!r}")
+    if final:
+        _on_terminal(kind, response, st)
+
+
+def _on_terminal(kind: str, response: Mapping[str, Any], st: _RStream) -> None:
+    if st.item is not None:
+        st.sink.add("unfinished-item", f"output item {st.item.index} was never done")
+    if response.get("status") != TERMINAL_EVENTS[kind]:
+        st.sink.add("terminal-status", f"{kind} carries status {response.get('status')!r}")
+    if response.get("output") != st.done_items:
+        st.sink.add("final-output-mismatch",
+                    "the final response's output is not the items the stream sent")
+
+
+def _item_event(doc: Mapping[str, Any], st: _RStream) -> _OpenItem | None:
+    """The open item a content event refers to, or None (reported)."""
+    item = st.item
+    if item is None:
+        st.sink.add("event-outside-item", f"{doc.get('type')} with no open output item")
+        return None
+    if doc.get("output_index") != item.index or doc.get("item_id") != item.item_id:
+        st.sink.add("item-mismatch", f"{doc.get('type')} names item {doc.get('item_id')!r} at "
+                                     f"{doc.get('output_index')!r}; the open item is "
+                                     f"{item.item_id!r} at {item.index}")
+    return item
+
+
+def _on_item_added(doc: Mapping[str, Any], st: _RStream) -> None:
+    raw = doc.get("item")
+    _check_item(raw, "item", st.sink, final=False)
+    if st.item is not None:
+        st.sink.add("item-overlap", f"an item was added while item {st.item.index} is open")
+    if doc.get("output_index") != st.added:
+        st.sink.add("bad-output-index", f"output_index {doc.get('output_index')!r}, expected "
+                                        f"{st.added}")
+    item = raw if isinstance(raw, dict) else {}
+    item_id = item.get("id")
+    if isinstance(item_id, str):
+        if item_id in st.ids:
+            st.sink.add("duplicate-item-id", f"item id {item_id!r} added twice")
+        st.ids.add(item_id)
+    if item.get("status", "in_progress") != "in_progress":
+        st.sink.add("item-status", f"an added item must be in_progress, got "
+                                   f"{item.get('status')!r}")
+    st.item = _OpenItem(st.added, item_id if isinstance(item_id, str) else None,
+                        item.get("type"))
+    st.added += 1
+
+
+def _part_index(doc: Mapping[str, Any], key: str, item: _OpenItem, st: _RStream, *,
+                adding: bool) -> int | None:
+    number = doc.get(key)
+    if not _is_int(number):
+        st.sink.add("bad-content-index", f"{key} must be an integer, got {number!r}")
+        return None
+    assert isinstance(number, int)
+    if adding:
+        if number != len(item.parts):
+            st.sink.add("bad-content-index", f"{key} {number}, expected {len(item.parts)}")
+        item.parts[number] = []
+        item.open_parts.add(number)
+    elif number not in item.open_parts:
+        st.sink.add("part-not-open", f"{doc.get('type')} for {key} {number}, which is not open")
+        return None
+    return number
+
+
+def _on_part_event(kind: str, doc: Mapping[str, Any], st: _RStream) -> None:
+    item = _item_event(doc, st)
+    if item is None:
+        return
+    summary = kind.startswith("response.reasoning_summary")
+    if item.kind != ("reasoning" if summary else "message"):
+        st.sink.add("item-mismatch", f"{kind} on a {item.kind!r} item")
+    key = "summary_index" if summary else "content_index"
+    adding = kind.endswith("part.added")
+    number = _part_index(doc, key, item, st, adding=adding)
+    if number is None:
+        return
+    joined = "".join(item.parts[number])
+    if kind.endswith(".delta"):
+        if number in item.done_parts:
+            st.sink.add("delta-after-done", f"{kind} after the part's text was done")
+        delta = doc.get("delta")
+        if not isinstance(delta, str):
+            st.sink.add("bad-delta", f"delta must be a string, got {delta!r}")
+        else:
+            item.parts[number].append(delta)
+    elif kind.endswith("text.done"):
+        if doc.get("text") != joined:
+            st.sink.add("text-mismatch", f"{kind} text {doc.get('text')!r} != the deltas "
+                                         f"{joined!r}")
+        item.done_parts[number] = joined
+    elif kind.endswith("part.done"):
+        part = doc.get("part")
+        text = part.get("text") if isinstance(part, dict) else None
+        if text != joined:
+            st.sink.add("text-mismatch", f"{kind} part text {text!r} != the deltas {joined!r}")
+        if number not in item.done_parts:
+            st.sink.add("part-without-text-done", f"{kind} before the text's done event")
+        item.open_parts.discard(number)
+
+
+def _on_arguments(kind: str, doc: Mapping[str, Any], st: _RStream) -> None:
+    item = _item_event(doc, st)
+    if item is None:
+        return
+    if item.kind != "function_call":
+        st.sink.add("item-mismatch", f"{kind} on a {item.kind!r} item")
+    joined = "".join(item.arguments)
+    if kind.endswith(".delta"):
+        delta = doc.get("delta")
+        if item.arguments_done is not None:
+            st.sink.add("delta-after-done", "arguments delta after arguments.done")
+        if isinstance(delta, str):
+            item.arguments.append(delta)
+        else:
+            st.sink.add("bad-delta", f"delta must be a string, got {delta!r}")
+    else:
+        if doc.get("arguments") != joined:
+            st.sink.add("arguments-mismatch", f"arguments {doc.get('arguments')!r} != the "
+                                              f"deltas {joined!r}")
+        item.arguments_done = joined
+
+
+def _on_item_done(doc: Mapping[str, Any], st: _RStream) -> None:
+    item = _item_event({**doc, "item_id": (doc.get("item") or {}).get("id")
+                        if isinstance(doc.get("item"), dict) else None}, st)
+    raw = doc.get("item")
+    _check_item(raw, "item", st.sink, final=True)
+    st.done_items.append(raw)
+    if item is None:
+        return
+    st.item = None
+    if item.open_parts:
+        st.sink.add("unfinished-part", f"item {item.index} is done with parts still open: "
+                                       f"{sorted(item.open_parts)}")
+    if not isinstance(raw, dict):
+        return
+    if raw.get("type") != item.kind:
+        st.sink.add("item-mismatch", f"item {item.index} was added as {item.kind!r}, done as "
+                                     f"{raw.get('type')!r}")
+    texts = [item.done_parts.get(n, "".join(p)) for n, p in sorted(item.parts.items())]
+    if raw.get("type") == "message":
+        content = raw.get("content")
+        got = [part.get("text") for part in content if isinstance(part, dict)] \
+            if isinstance(content, list) else None
+        if got != texts:
+            st.sink.add("text-mismatch", f"the done message holds {got!r}, the stream sent "
+                                         f"{texts!r}")
+    elif raw.get("type") == "reasoning":
+        summary = raw.get("summary")
+        got = [part.get("text") for part in summary if isinstance(part, dict)] \
+            if isinstance(summary, list) else None
+        if got != texts:
+            st.sink.add("summary-mismatch", f"the done reasoning holds {got!r}, the stream sent "
+                                            f"{texts!r}")
+    elif raw.get("type") == "function_call":
+        if item.arguments_done is None:
+            st.sink.add("arguments-not-done", "function_call done without arguments.done")
+        if raw.get("arguments") != "".join(item.arguments):
+            st.sink.add("arguments-mismatch", f"the done call's arguments "
+                                              f"{raw.get('arguments')!r} != the deltas")
+
+
+PART_EVENTS: Final = frozenset({
+    "response.content_part.added", "response.output_text.delta", "response.output_text.done",
+    "response.content_part.done", "response.reasoning_summary_part.added",
+    "response.reasoning_summary_text.delta", "response.reasoning_summary_text.done",
+    "response.reasoning_summary_part.done",
+})
+ARGUMENT_EVENTS: Final = frozenset({
+    "response.function_call_arguments.delta", "response.function_call_arguments.done",
+})
+
+
+def _on_event(ev: ResponsesEvent, st: _RStream) -> None:
+    doc = ev.json
+    if not isinstance(doc, dict):
+        return
+    kind = doc.get("type")
+    _check_sequence(doc, st)
+    if not st.created and kind != "response.created":
+        st.sink.add("first-not-created", f"the first event must be response.created, got "
+                                         f"{kind!r}")
+        st.created = True  # report once
+    if kind in LIFECYCLE_EVENTS or kind in TERMINAL_EVENTS:
+        _on_lifecycle(str(kind), doc, st)
+    elif kind == "response.output_item.added":
+        _on_item_added(doc, st)
+    elif kind == "response.output_item.done":
+        _on_item_done(doc, st)
+    elif kind in PART_EVENTS:
+        _on_part_event(str(kind), doc, st)
+    elif kind in ARGUMENT_EVENTS:
+        _on_arguments(str(kind), doc, st)
+    else:
+        st.sink.add("unknown-event", f"unexpected event type {kind!r}")
+
+
+def check_responses_stream(body: bytes, *, model: str | None = None) -> list[Violation]:
+    """Validate a ``/v1/responses`` SSE body; returns every violation found.
+
+    Grammar as described above; then the event order: ``response.created`` first (then at most
+    one ``response.in_progress``), output items one at a time with ``output_index`` 0, 1, …
+    and unique ids, content events only inside their open item and part, text/summary/argument
+    deltas adding up to their ``.done`` values and to the item's done form, exactly one
+    terminal event whose status matches its type and whose ``output`` is exactly the items the
+    stream finished, and nothing after it — no event, comment or byte.
+    """
+    sink = _Sink()
+    text = _decode(body, sink)
+    if "\r" in text:
+        sink.add("bad-line-ending", "lines must end with \\n only (found \\r)")
+        text = _normalize_newlines(text)
+    events = [_responses_block(i, block) for i, block in enumerate(_split_blocks(text))]
+    st = _RStream(sink, model)
+    for ev in events:
+        sink.index = ev.index
+        if st.terminal is not None:
+            sink.add("after-terminal", f"block after the terminal event: "
+                                       f"{(ev.name or ev.comments or ev.stray)!r}")
+            continue
+        _check_block_grammar(ev, sink)
+        if ev.json is not None and isinstance(ev.json, dict):
+            _on_event(ev, st)
+            if ev.json.get("type") in TERMINAL_EVENTS:
+                st.terminal = ev.index
+    sink.index = None
+    if st.terminal is None:
+        sink.add("missing-terminal", "the stream ends without response.completed, "
+                                     "response.incomplete or response.failed")
+    elif events[st.terminal].end < len(text):
+        sink.add("after-terminal", f"{len(text) - events[st.terminal].end} trailing byte(s) "
+                                   "after the terminal event")
+    return _sorted(sink.found)
+
+
+@dataclass(frozen=True)
+class ResponsesTranscript:
+    """What a Responses stream said, for assertions: its answer text (all ``output_text``
+    deltas), the terminal event's type and response (None without one), and every event."""
+
+    text: str
+    terminal: str | None
+    response: JsonObject | None
+    events: list[JsonObject]
+
+    @property
+    def status(self) -> str | None:
+        return self.response.get("status") if self.response is not None else None
+
+    @property
+    def usage(self) -> JsonObject | None:
+        return self.response.get("usage") if self.response is not None else None
+
+    def types(self) -> list[str]:
+        return [str(event.get("type")) for event in self.events]
+
+
+def collect_responses_stream(body: bytes) -> ResponsesTranscript:
+    parts: list[str] = []
+    events: list[JsonObject] = []
+    terminal: str | None = None
+    response: JsonObject | None = None
+    for ev in parse_responses_sse(body):
+        doc = ev.json
+        if not isinstance(doc, dict):
+            continue
+        events.append(doc)
+        kind = doc.get("type")
+        if kind == "response.output_text.delta" and isinstance(doc.get("delta"), str):
+            parts.append(doc["delta"])
+        elif kind in TERMINAL_EVENTS and terminal is None:
+            terminal = str(kind)
+            response = doc.get("response") if isinstance(doc.get("response"), dict) else None
+    return ResponsesTranscript("".join(parts), terminal, response, events)
+
+
+def response_output_text(doc: Mapping[str, Any]) -> str:
+    """All output_text of a response object's message items, joined (the SDK's output_text)."""
+    output = doc.get("output")
+    return "".join(text for item in output if isinstance(item, dict)
+                   and (text := _item_text(item)) is not None) if isinstance(output, list) else ""

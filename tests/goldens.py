@@ -10,8 +10,9 @@ One file per case under ``fixtures/goldens/<case>.golden``:
   line, a JSON body is the single line the server wrote, no newline is added at the end).
 
 Only three things are normalised, all of them values that differ on every run:
-``"chatcmpl-…"``/``"cmpl-…"`` ids become ``"chatcmpl-<id>"``/``"cmpl-<id>"``, ``"created":<n>``
-becomes ``"created":0``, and a keepalive comment ``: keepalive <ms>`` becomes
+``"chatcmpl-…"``/``"cmpl-…"`` ids become ``"chatcmpl-<id>"``/``"cmpl-<id>"`` (Responses ids
+``"resp_…"``, ``"msg_…"``, ``"rs_…"``, ``"fc_…"`` become ``"resp_<id>"`` …), ``"created":<n>`` and
+``"created_at":<n>`` become 0, and a keepalive comment ``: keepalive <ms>`` becomes
 ``: keepalive <ts>``.  X-Request-Id is not stored.  Chunk boundaries on the wire are not part of a
 golden: the whole body is stored.
 
@@ -51,7 +52,8 @@ API_KEY_HEADER = "Authorization"
 RECORDED_HEADERS = ("content-type", "cache-control", "x-accel-buffering", "www-authenticate",
                     "allow", "retry-after")
 
-Kind = Literal["chat_stream", "chat_json", "completion_stream", "completion_json", "error_json"]
+Kind = Literal["chat_stream", "chat_json", "completion_stream", "completion_json", "error_json",
+               "responses_stream", "responses_json"]
 
 # Files written or removed by the current run in update mode (reported at the end of the run).
 CHANGED: list[str] = []
@@ -90,6 +92,13 @@ def _chat(prompt: str, **extra: Any) -> dict[str, Any]:
 
 def _legacy(prompt: str, **extra: Any) -> dict[str, Any]:
     return {"model": "codex-5", "prompt": prompt, **extra}
+
+
+def _responses(prompt: str, **extra: Any) -> dict[str, Any]:
+    return {"model": "codex-5", "input": prompt, **extra}
+
+
+RESPONSES = "/v1/responses"
 
 
 USAGE = {"include_usage": True}
@@ -142,6 +151,40 @@ CASES: tuple[Case, ...] = (
          "stream must be a boolean: 400 invalid_request_error, param stream."),
     Case("error_missing_key_401", "error_json", _chat("hi", stream=True),
          "No Authorization header: 401 invalid_api_key with WWW-Authenticate.", auth=False),
+    Case("responses_json_minimal", "responses_json", _responses("hi"),
+         "Responses API, non-stream: one completed message item, usage in Responses shape.",
+         path=RESPONSES),
+    Case("responses_stream_minimal", "responses_stream", _responses("hi", stream=True),
+         "Responses stream: created, in_progress, message item added, content part added, "
+         "10 output_text deltas, text/part/item done, response.completed with usage; no [DONE].",
+         path=RESPONSES),
+    Case("responses_json_incomplete", "responses_json",
+         _responses("SCENARIO=long", max_output_tokens=10),
+         "max_output_tokens 10 cuts the answer at 40 characters: status incomplete, reason "
+         "max_output_tokens, message item incomplete, estimated usage.", path=RESPONSES),
+    Case("responses_stream_incomplete", "responses_stream",
+         _responses("SCENARIO=long", max_output_tokens=10, stream=True),
+         "The same cut, streamed: the items close as incomplete, then response.incomplete.",
+         path=RESPONSES),
+    Case("responses_stream_failed_retry_diverge", "responses_stream",
+         _responses("SCENARIO=retry_diverge", stream=True),
+         "codex's retry contradicts the streamed text: the message closes incomplete, then "
+         "response.failed with error upstream_retry_diverged.", path=RESPONSES),
+    Case("responses_stream_codex_error", "responses_stream",
+         _responses("SCENARIO=error", stream=True),
+         "codex error before any text: response.failed with context_length_exceeded and "
+         "codex's first line, empty output.", path=RESPONSES),
+    Case("responses_json_reasoning", "responses_json", _responses("SCENARIO=reasoning"),
+         "Reasoning text becomes a reasoning item (summary parts) before the message item; "
+         "usage has cached and reasoning tokens.", path=RESPONSES),
+    Case("responses_stream_reasoning", "responses_stream",
+         _responses("SCENARIO=reasoning", stream=True),
+         "The reasoning item is streamed as one block (summary part/text events) before the "
+         "message item.", path=RESPONSES),
+    Case("responses_error_previous_response_id_400", "error_json",
+         _responses("hi", previous_response_id="resp_abc"),
+         "Nothing is stored: previous_response_id is a 400 unsupported_parameter naming it.",
+         path=RESPONSES),
 )
 
 CASES_BY_NAME = {case.name: case for case in CASES}
@@ -177,13 +220,15 @@ async def record(client: httpx.AsyncClient, case: Case, api_key: str) -> Recordi
 # --------------------------------------------------------------------------- normalising
 
 _ID = re.compile(rb'"(chatcmpl|cmpl)-[^"\\]+"')
-_CREATED = re.compile(rb'("created":\s*)\d+')
+_RESPONSES_ID = re.compile(rb'"(resp|msg|rs|fc)_[0-9a-f]{48}"')
+_CREATED = re.compile(rb'("created(?:_at)?":\s*)\d+')
 _KEEPALIVE = re.compile(rb"^: keepalive \d+$", re.MULTILINE)
 
 
 def normalise(body: bytes) -> bytes:
     """Replace ids, ``created`` and keepalive timestamps; every other byte is kept."""
     body = _ID.sub(rb'"\1-<id>"', body)
+    body = _RESPONSES_ID.sub(rb'"\1_<id>"', body)
     body = _CREATED.sub(rb"\g<1>0", body)
     return _KEEPALIVE.sub(b": keepalive <ts>", body)
 
@@ -230,6 +275,10 @@ def contract_violations(case: Case, rec: Recording) -> list[contract.Violation]:
         return contract.check_chat_json(rec.body, model=model)
     if case.kind == "completion_json":
         return contract.check_completion_json(rec.body, model=model)
+    if case.kind == "responses_stream":
+        return contract.check_responses_stream(rec.body, model=model)
+    if case.kind == "responses_json":
+        return contract.check_responses_json(rec.body, model=model)
     return contract.check_error_json(rec.body)
 
 

@@ -17,7 +17,11 @@ from quartproxy.contract import (
     check_completion_json,
     check_completion_stream,
     check_error_json,
+    check_responses_json,
+    check_responses_stream,
+    collect_responses_stream,
     collect_stream_content,
+    parse_responses_sse,
     parse_sse,
 )
 
@@ -642,3 +646,330 @@ def test_openai_decoder_agrees_about_id_fields() -> None:
     assert "" in datas(poisoned)
     assert ("id-field", 1) in {(v.rule, v.index) for v in check_chat_stream(
         poisoned, include_usage=False)}
+
+
+# =========================================================================== Responses API
+
+USAGE_R = {"input_tokens": 12, "input_tokens_details": {"cached_tokens": 0},
+           "output_tokens": 4, "output_tokens_details": {"reasoning_tokens": 0},
+           "total_tokens": 16}
+MSG_ID = "msg_1"
+AT = {"item_id": MSG_ID, "output_index": 0, "content_index": 0}
+
+
+def response_doc(status: str, output: list[Any], usage: Any = None, **extra: Any) -> Any:
+    return {"id": "resp_1", "object": "response", "created_at": 1710000000, "status": status,
+            "error": None, "incomplete_details": None, "model": "codex-5", "output": output,
+            "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "usage": usage,
+            **extra}
+
+
+def message(text: str, status: str = "completed") -> dict[str, Any]:
+    return {"type": "message", "id": MSG_ID, "status": status, "role": "assistant",
+            "content": [] if status == "in_progress" else
+            [{"type": "output_text", "annotations": [], "text": text}]}
+
+
+def events(*specs: tuple[str, dict[str, Any]] | bytes) -> bytes:
+    """SSE body from (type, fields) pairs, numbered 0, 1, ...; bytes are raw blocks."""
+    out = b""
+    seq = 0
+    for spec in specs:
+        if isinstance(spec, bytes):
+            out += spec + b"\n\n"
+            continue
+        kind, fields = spec
+        doc = {"type": kind, "sequence_number": seq, **fields}
+        seq += 1
+        out += b"event: " + kind.encode() + b"\ndata: " + json.dumps(doc).encode() + b"\n\n"
+    return out
+
+
+OPENING = (("response.created", {"response": response_doc("in_progress", [])}),
+           ("response.in_progress", {"response": response_doc("in_progress", [])}))
+PART = {"type": "output_text", "annotations": [], "text": ""}
+
+# blocks: 0 created, 1 in_progress, 2 item added, 3 part added, 4 delta, 5 keepalive comment,
+# 6 delta, 7 text done, 8 part done, 9 item done, 10 completed
+RESP_TEXT = events(
+    *OPENING,
+    ("response.output_item.added", {"output_index": 0, "item": message("", "in_progress")}),
+    ("response.content_part.added", {**AT, "part": PART}),
+    ("response.output_text.delta", {**AT, "delta": "Hel", "logprobs": []}),
+    b": keepalive 15000",
+    ("response.output_text.delta", {**AT, "delta": "lo", "logprobs": []}),
+    ("response.output_text.done", {**AT, "text": "Hello", "logprobs": []}),
+    ("response.content_part.done", {**AT, "part": {**PART, "text": "Hello"}}),
+    ("response.output_item.done", {"output_index": 0, "item": message("Hello")}),
+    ("response.completed", {"response": response_doc("completed", [message("Hello")], USAGE_R)}),
+)
+
+RS = {"item_id": "rs_1", "output_index": 0, "summary_index": 0}
+FC = {"item_id": "fc_1", "output_index": 1}
+REASONING_DONE = {"type": "reasoning", "id": "rs_1",
+                  "summary": [{"type": "summary_text", "text": "Plan."}]}
+CALL_DONE = {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "f",
+             "arguments": '{"a":1}', "status": "completed"}
+
+# blocks: 0 created, 1 in_progress, 2 rs added, 3 summary part added, 4 summary delta,
+# 5 summary done, 6 summary part done, 7 rs done, 8 fc added, 9 args delta, 10 args done,
+# 11 fc done, 12 completed
+RESP_TOOLS = events(
+    *OPENING,
+    ("response.output_item.added", {"output_index": 0, "item": {
+        "type": "reasoning", "id": "rs_1", "summary": []}}),
+    ("response.reasoning_summary_part.added", {**RS, "part": {"type": "summary_text",
+                                                              "text": ""}}),
+    ("response.reasoning_summary_text.delta", {**RS, "delta": "Plan."}),
+    ("response.reasoning_summary_text.done", {**RS, "text": "Plan."}),
+    ("response.reasoning_summary_part.done", {**RS, "part": {"type": "summary_text",
+                                                             "text": "Plan."}}),
+    ("response.output_item.done", {"output_index": 0, "item": REASONING_DONE}),
+    ("response.output_item.added", {"output_index": 1, "item": {
+        **CALL_DONE, "arguments": "", "status": "in_progress"}}),
+    ("response.function_call_arguments.delta", {**FC, "delta": '{"a":1}'}),
+    ("response.function_call_arguments.done", {**FC, "arguments": '{"a":1}'}),
+    ("response.output_item.done", {"output_index": 1, "item": CALL_DONE}),
+    ("response.completed", {"response": response_doc(
+        "completed", [REASONING_DONE, CALL_DONE], USAGE_R)}),
+)
+
+FAILED_ERROR = {"code": "upstream_retry_diverged", "message": "codex retried"}
+# blocks: 0 created, 1 in_progress, 2 added, 3 part added, 4 delta, 5 text done, 6 part done,
+# 7 item done, 8 failed
+RESP_FAILED = events(
+    *OPENING,
+    ("response.output_item.added", {"output_index": 0, "item": message("", "in_progress")}),
+    ("response.content_part.added", {**AT, "part": PART}),
+    ("response.output_text.delta", {**AT, "delta": "Hel", "logprobs": []}),
+    ("response.output_text.done", {**AT, "text": "Hel", "logprobs": []}),
+    ("response.content_part.done", {**AT, "part": {**PART, "text": "Hel"}}),
+    ("response.output_item.done", {"output_index": 0, "item": message("Hel", "incomplete")}),
+    ("response.failed", {"response": response_doc(
+        "failed", [message("Hel", "incomplete")], USAGE_R, error=FAILED_ERROR)}),
+)
+
+RESP_INCOMPLETE = RESP_TEXT.replace(b'"status": "completed"', b'"status": "incomplete"').replace(
+    b"response.completed", b"response.incomplete").replace(
+    b'"incomplete_details": null, "model": "codex-5", "output": [{',
+    b'"incomplete_details": {"reason": "max_output_tokens"}, "model": "codex-5", "output": [{')
+
+RESP_JSON = json.dumps(response_doc("completed", [REASONING_DONE, message("Hello"), CALL_DONE],
+                                    USAGE_R)).encode()
+
+
+def responses(model: str | None = None) -> Checker:
+    return lambda body: check_responses_stream(body, model=model)
+
+
+def redit(i: int, path: tuple[str | int, ...], value: object) -> Mutation:
+    """Set (or DELETE) a JSON path in the data line of block i (an event block)."""
+
+    def mutate(body: bytes) -> bytes:
+        blocks = _blocks(body)
+        head, data = blocks[i].split(b"\ndata: ")
+        doc = json.loads(data)
+        _apply(doc, path, value)
+        blocks[i] = head + b"\ndata: " + json.dumps(doc).encode()
+        return _join(blocks)
+
+    return mutate
+
+
+def test_valid_responses_transcripts() -> None:
+    for body in (RESP_TEXT, RESP_TOOLS, RESP_FAILED, RESP_INCOMPLETE):
+        assert check_responses_stream(body, model="codex-5") == []
+    assert check_responses_json(RESP_JSON, model="codex-5") == []
+    assert check_responses_json(json.loads(RESP_JSON)) == []
+
+
+def test_collect_responses_stream() -> None:
+    transcript = collect_responses_stream(RESP_TEXT)
+    assert transcript.text == "Hello" and transcript.terminal == "response.completed"
+    assert transcript.status == "completed" and transcript.usage == USAGE_R
+    assert transcript.types()[0] == "response.created" and len(transcript.events) == 10
+    failed = collect_responses_stream(RESP_FAILED)
+    assert failed.terminal == "response.failed" and failed.response is not None
+    assert failed.response["error"] == FAILED_ERROR
+    blocks = parse_responses_sse(RESP_TEXT)
+    assert blocks[5].comments == (": keepalive 15000",) and blocks[5].name is None
+    assert blocks[4].name == "response.output_text.delta" and blocks[4].json["delta"] == "Hel"
+
+
+def _done_item_text(text: str) -> Mutation:
+    return redit(9, ("item", "content", 0, "text"), text)
+
+
+RESPONSES_MUTATIONS: list[tuple[str, bytes, Checker, Mutation, str, int | None]] = [
+    # framing
+    ("no-terminal", RESP_TEXT, responses(), drop(10), "missing-terminal", None),
+    ("two-terminals", RESP_TEXT, responses(), duplicate(10), "after-terminal", 11),
+    ("comment-after-terminal", RESP_TEXT, responses(), append(b": keepalive 1\n\n"),
+     "after-terminal", 11),
+    ("blank-line-after-terminal", RESP_TEXT, responses(), append(b"\n"), "after-terminal", None),
+    ("done-after-terminal", RESP_TEXT, responses(), append(DONE), "after-terminal", 11),
+    ("done-before-terminal", RESP_TEXT, responses(), insert(10, b"data: [DONE]"),
+     "done-in-responses", 10),
+    ("unterminated", RESP_TEXT, responses(), lambda b: b[:-1], "unterminated-frame", 10),
+    ("crlf", RESP_TEXT, responses(), replace(b"\n", b"\r\n"), "bad-line-ending", None),
+    ("not-json", RESP_TEXT, responses(), replace(b'"delta": "lo"', b'"delta": lo'),
+     "bad-json", 6),
+    ("id-field", RESP_TEXT, responses(), insert(4, b"id: 4"), "id-field", 4),
+    ("retry-field", RESP_TEXT, responses(), insert(0, b"retry: 100"), "retry-field", 0),
+    ("no-event-line", RESP_TEXT, responses(),
+     replace(b"event: response.output_text.done\n", b""), "missing-event-field", 7),
+    ("two-data-lines", RESP_TEXT, responses(),
+     replace(b'event: response.content_part.done\ndata: ',
+             b'event: response.content_part.done\ndata: {}\ndata: '), "multi-line-data", 8),
+    ("event-name-mismatch", RESP_TEXT, responses(),
+     replace(b"event: response.output_text.done\n", b"event: response.output_text.delta\n"),
+     "event-type-mismatch", 7),
+    ("unknown-event", RESP_TEXT, responses(), chain(
+        replace(b"event: response.content_part.done\n", b"event: response.fancy\n"),
+        replace(b'"type": "response.content_part.done"', b'"type": "response.fancy"')),
+     "unknown-event", 8),
+    # sequence numbers and order
+    ("sequence-repeats", RESP_TEXT, responses(), redit(6, ("sequence_number",), 4),
+     "sequence-not-increasing", 6),
+    ("sequence-missing", RESP_TEXT, responses(), redit(3, ("sequence_number",), DELETE),
+     "bad-sequence-number", 3),
+    ("created-not-first", RESP_TEXT, responses(), swap(0, 1), "first-not-created", 0),
+    ("two-created", RESP_TEXT, responses(), redit(1, ("type",), "response.created"),
+     "event-type-mismatch", 1),
+    ("in-progress-late", RESP_TEXT, responses(), chain(swap(1, 2)), "misplaced-in-progress", 2),
+    ("response-id-changed", RESP_TEXT, responses(), redit(10, ("response", "id"), "resp_2"),
+     "response-id-changed", 10),
+    ("model-mismatch", RESP_TEXT, responses("codex-5-high"), lambda b: b, "model-mismatch", 0),
+    ("lifecycle-not-in-progress", RESP_TEXT, responses(),
+     redit(1, ("response", "status"), "completed"), "bad-status", 1),
+    ("usage-before-final", RESP_TEXT, responses(), redit(0, ("response", "usage"), USAGE_R),
+     "bad-usage", 0),
+    # items
+    ("delta-before-part", RESP_TEXT, responses(), swap(3, 4), "part-not-open", 3),
+    ("delta-outside-item", RESP_TEXT, responses(), chain(drop(3), drop(2)),
+     "event-outside-item", 2),
+    ("delta-wrong-item", RESP_TEXT, responses(), redit(4, ("item_id",), "msg_9"),
+     "item-mismatch", 4),
+    ("delta-wrong-index", RESP_TEXT, responses(), redit(6, ("output_index",), 1),
+     "item-mismatch", 6),
+    ("added-wrong-index", RESP_TEXT, responses(), redit(2, ("output_index",), 1),
+     "bad-output-index", 2),
+    ("added-twice", RESP_TEXT, responses(), duplicate(2), "item-overlap", 3),
+    ("added-done", RESP_TEXT, responses(), redit(2, ("item", "status"), "completed"),
+     "item-status", 2),
+    ("part-index", RESP_TEXT, responses(), redit(3, ("content_index",), 1),
+     "bad-content-index", 3),
+    ("item-never-done", RESP_TEXT, responses(), drop(9), "unfinished-item", 9),
+    ("part-never-done", RESP_TEXT, responses(), drop(8), "unfinished-part", 8),
+    ("delta-after-text-done", RESP_TEXT, responses(), swap(6, 7), "delta-after-done", 7),
+    ("done-in-progress", RESP_TEXT, responses(), redit(9, ("item", "status"), "in_progress"),
+     "item-status", 9),
+    ("duplicate-item-id", RESP_TOOLS, responses(), chain(
+        redit(8, ("item", "id"), "rs_1"), redit(9, ("item_id",), "rs_1"),
+        redit(10, ("item_id",), "rs_1"), redit(11, ("item", "id"), "rs_1")),
+     "duplicate-item-id", 8),
+    # text adds up
+    ("text-done-differs", RESP_TEXT, responses(), redit(7, ("text",), "Help"),
+     "text-mismatch", 7),
+    ("part-done-differs", RESP_TEXT, responses(), redit(8, ("part", "text"), "Hell"),
+     "text-mismatch", 8),
+    ("item-done-differs", RESP_TEXT, responses(), _done_item_text("Hello!"), "text-mismatch", 9),
+    ("final-output-differs", RESP_TEXT, responses(),
+     redit(10, ("response", "output", 0, "content", 0, "text"), "Hi"),
+     "final-output-mismatch", 10),
+    ("final-output-missing-item", RESP_TOOLS, responses(),
+     redit(12, ("response", "output"), [CALL_DONE]), "final-output-mismatch", 12),
+    ("summary-done-differs", RESP_TOOLS, responses(), redit(5, ("text",), "Plan"),
+     "text-mismatch", 5),
+    ("summary-item-differs", RESP_TOOLS, responses(),
+     redit(7, ("item", "summary", 0, "text"), "Other."), "summary-mismatch", 7),
+    ("arguments-done-differs", RESP_TOOLS, responses(), redit(10, ("arguments",), "{}"),
+     "arguments-mismatch", 10),
+    ("arguments-item-differs", RESP_TOOLS, responses(), redit(11, ("item", "arguments"), "{}"),
+     "arguments-mismatch", 11),
+    ("arguments-never-done", RESP_TOOLS, responses(), drop(10), "arguments-not-done", 10),
+    ("arguments-on-message", RESP_TEXT, responses(),
+     insert(4, b'event: response.function_call_arguments.delta\ndata: {"type": '
+               b'"response.function_call_arguments.delta", "sequence_number": 4, '
+               b'"item_id": "msg_1", "output_index": 0, "delta": "x"}'),
+     "item-mismatch", 4),
+    ("call-no-name", RESP_TOOLS, responses(), redit(11, ("item", "name"), ""), "bad-item", 11),
+    # terminal status
+    ("terminal-status", RESP_TEXT, responses(), redit(10, ("response", "status"), "incomplete"),
+     "terminal-status", 10),
+    ("incomplete-without-reason", RESP_INCOMPLETE, responses(),
+     redit(10, ("response", "incomplete_details"), None), "status-mismatch", 10),
+    ("failed-without-error", RESP_FAILED, responses(), redit(8, ("response", "error"), None),
+     "status-mismatch", 8),
+    ("error-on-completed", RESP_TEXT, responses(),
+     redit(10, ("response", "error"), FAILED_ERROR), "status-mismatch", 10),
+    ("message-status-vs-response", RESP_INCOMPLETE, responses(), chain(
+        redit(9, ("item", "status"), "completed"),
+        redit(10, ("response", "output", 0, "status"), "completed")), "item-status", 10),
+    ("terminal-no-usage", RESP_TEXT, responses(), redit(10, ("response", "usage"), DELETE),
+     "missing-usage", 10),
+    ("terminal-usage-total", RESP_TEXT, responses(),
+     redit(10, ("response", "usage", "total_tokens"), 17), "usage-total-mismatch", 10),
+    ("terminal-usage-details", RESP_FAILED, responses(),
+     redit(8, ("response", "usage", "input_tokens_details"), {}), "bad-usage", 8),
+]
+
+
+@pytest.mark.parametrize(
+    ("base", "check", "mutate", "rule", "index"),
+    [pytest.param(*case[1:], id=case[0]) for case in RESPONSES_MUTATIONS],
+)
+def test_responses_stream_mutation_is_reported(
+    base: bytes, check: Checker, mutate: Mutation, rule: str, index: int | None
+) -> None:
+    assert check_responses_stream(base) == [], "the base transcript must be valid"
+    found = check(mutate(base))
+    assert (index, rule) in {(v.index, v.rule) for v in found}, "\n".join(map(str, found))
+
+
+def _become_envelope(doc: dict[str, Any]) -> None:
+    doc.clear()
+    doc.update(json.loads(ERROR_JSON))
+
+
+RESPONSES_JSON_MUTATIONS: list[tuple[str, JsonMutation, str]] = [
+    ("bad-id", set_at(("id",), "chatcmpl-1"), "bad-id"),
+    ("bad-object", set_at(("object",), "chat.completion"), "bad-object"),
+    ("created-string", set_at(("created_at",), "now"), "bad-created"),
+    ("model-missing", set_at(("model",), DELETE), "bad-model"),
+    ("status-bogus", set_at(("status",), "done"), "bad-status"),
+    ("status-in-progress", set_at(("status",), "in_progress"), "bad-status"),
+    ("completed-with-error", set_at(("error",), FAILED_ERROR), "status-mismatch"),
+    ("incomplete-no-details", set_at(("status",), "incomplete"), "status-mismatch"),
+    ("failed-no-error", set_at(("status",), "failed"), "status-mismatch"),
+    ("usage-missing", set_at(("usage",), DELETE), "missing-usage"),
+    ("usage-total", set_at(("usage", "output_tokens"), 5), "usage-total-mismatch"),
+    ("usage-float", set_at(("usage", "input_tokens"), 1.5), "bad-usage"),
+    ("output-not-list", set_at(("output",), {}), "bad-output"),
+    ("no-parallel-key", set_at(("parallel_tool_calls",), DELETE), "missing-key"),
+    ("no-tools-key", set_at(("tools",), DELETE), "missing-key"),
+    ("item-unknown-type", set_at(("output", 1, "type"), "web_search_call"), "bad-item-type"),
+    ("item-no-id", set_at(("output", 1, "id"), DELETE), "bad-item"),
+    ("message-role", set_at(("output", 1, "role"), "user"), "bad-item"),
+    ("message-content", set_at(("output", 1, "content"), "Hello"), "bad-item"),
+    ("part-no-annotations", set_at(("output", 1, "content", 0, "annotations"), DELETE),
+     "bad-item"),
+    ("part-text-null", set_at(("output", 1, "content", 0, "text"), None), "bad-item"),
+    ("message-status", set_at(("output", 1, "status"), "incomplete"), "item-status"),
+    ("call-no-call-id", set_at(("output", 2, "call_id"), DELETE), "bad-item"),
+    ("call-arguments-object", set_at(("output", 2, "arguments"), {}), "bad-item"),
+    ("reasoning-summary", set_at(("output", 0, "summary"), [{"type": "text"}]), "bad-item"),
+    ("duplicate-ids", set_at(("output", 2, "id"), "rs_1"), "duplicate-item-id"),
+    ("envelope", _become_envelope, "error-body"),
+]
+
+
+@pytest.mark.parametrize(("mutate", "rule"),
+                         [pytest.param(*c[1:], id=c[0]) for c in RESPONSES_JSON_MUTATIONS])
+def test_responses_json_mutation_is_reported(mutate: JsonMutation, rule: str) -> None:
+    doc = json.loads(RESP_JSON)
+    assert check_responses_json(doc) == []
+    mutate(doc)
+    found = check_responses_json(doc)
+    assert rule in {v.rule for v in found}, "\n".join(map(str, found))
+    assert check_responses_json(json.dumps(doc).encode()) == found

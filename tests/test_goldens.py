@@ -271,3 +271,66 @@ def test_json_mismatch_shows_the_field(tmp_path: Path) -> None:
     report = goldens.compare(bad_copy, goldens.render(case, rec))
     assert '-      "finish_reason": "length"' in report, report
     assert '+      "finish_reason": "stop"' in report, report
+
+
+# ---------------------------------------------------------------------------- Responses goldens
+
+
+def test_normalise_responses_ids_and_created_at() -> None:
+    hexes = "0123456789abcdef" * 3
+    raw = (
+        b'{"id":"resp_' + hexes.encode() + b'","created_at":1757000000,"output":['
+        b'{"id":"rs_' + hexes.encode() + b'"},{"id":"msg_' + hexes.encode() + b'"},'
+        b'{"id":"fc_' + hexes.encode() + b'","call_id":"call_1"}],'
+        b'"text":"resp_short msg_x created_at 5","created_at_x":1}'
+    )
+    assert goldens.normalise(raw) == (
+        b'{"id":"resp_<id>","created_at":0,"output":['
+        b'{"id":"rs_<id>"},{"id":"msg_<id>"},{"id":"fc_<id>","call_id":"call_1"}],'
+        b'"text":"resp_short msg_x created_at 5","created_at_x":1}'
+    )
+
+
+@pytest.mark.parametrize(
+    ("json_case", "stream_case"),
+    [("responses_json_minimal", "responses_stream_minimal"),
+     ("responses_json_incomplete", "responses_stream_incomplete"),
+     ("responses_json_reasoning", "responses_stream_reasoning")],
+)
+def test_responses_stream_and_json_goldens_agree(json_case: str, stream_case: str) -> None:
+    """Same child output, both renderings: the same response (normalised ids), usage and all."""
+    _, json_body = goldens.split_golden(goldens.CASES_BY_NAME[json_case].file.read_bytes())
+    _, sse_body = goldens.split_golden(goldens.CASES_BY_NAME[stream_case].file.read_bytes())
+    transcript = contract.collect_responses_stream(sse_body)
+    doc = json.loads(json_body)
+    assert transcript.response == doc
+    assert transcript.text == contract.response_output_text(doc)
+
+
+def test_responses_golden_mismatch_is_readable(tmp_path: Path) -> None:
+    case = goldens.CASES_BY_NAME["responses_stream_minimal"]
+    original = case.file.read_bytes()
+    header, body = goldens.split_golden(original)
+    assert body.count(b'"delta":" streamed"') == 1
+    bad_copy = tmp_path / case.file.name
+    bad_copy.write_bytes(original.replace(b'"delta":" streamed"', b'"delta":" streamex"'))
+    rec = goldens.Recording(header["status"], header["headers"], body)
+    report = goldens.compare(bad_copy, goldens.render(case, rec))
+    assert any('"delta":" streamex"' in line for line in _changed_lines(report, "-")), report
+    assert any('"delta":" streamed"' in line for line in _changed_lines(report, "+")), report
+    assert goldens.compare(case.file, goldens.render(case, rec)) == ""
+    # The corrupted body also breaks the contract: the deltas no longer add up to the done text.
+    bad_body = bad_copy.read_bytes().partition(goldens.SEPARATOR.encode() + b"\n")[2]
+    assert "text-mismatch" in {v.rule for v in contract.check_responses_stream(bad_body)}
+
+
+def test_responses_json_golden_mismatch_shows_the_field(tmp_path: Path) -> None:
+    case = goldens.CASES_BY_NAME["responses_json_incomplete"]
+    original = case.file.read_bytes()
+    header, body = goldens.split_golden(original)
+    bad_copy = tmp_path / case.file.name
+    bad_copy.write_bytes(original.replace(b'"status":"incomplete"', b'"status":"completed"', 1))
+    rec = goldens.Recording(header["status"], header["headers"], body)
+    report = goldens.compare(bad_copy, goldens.render(case, rec))
+    assert '-  "status": "completed"' in report, report
+    assert '+  "status": "incomplete"' in report, report

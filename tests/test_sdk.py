@@ -106,3 +106,72 @@ async def test_sdk_stream_sees_midstream_error(proxy: Proxy) -> None:
         with pytest.raises(openai.APIError, match="400 Bad Request"):
             async for _ in stream:
                 pass
+
+
+# ---------------------------------------------------------------------------- Responses API
+
+
+async def test_async_responses_create_and_stream(proxy: Proxy) -> None:
+    client = openai.AsyncOpenAI(base_url=f"{proxy.base_url}/v1", api_key=API_KEY, max_retries=0)
+    async with client:
+        response = await client.responses.create(
+            model="codex-5", input="hi", instructions="Be brief.", metadata={"k": "v"},
+        )
+        async with client.responses.stream(model="codex-5-low", input="hi") as stream:
+            types = [event.type async for event in stream]
+            final = await stream.get_final_response()
+        raw = await client.responses.create(model="codex-5", input="hi", stream=True)
+        raw_types = [event.type async for event in raw]
+    assert response.output_text == NORMAL_TEXT and response.status == "completed"
+    assert response.id.startswith("resp_") and response.metadata == {"k": "v"}
+    assert response.instructions == "Be brief."
+    assert response.usage is not None and response.usage.total_tokens == 1214
+    assert response.usage.input_tokens_details.cached_tokens == 0
+    assert types[0] == "response.created" and types[-1] == "response.completed"
+    assert types.count("response.output_text.delta") == 10
+    assert final.output_text == NORMAL_TEXT and final.model == "codex-5-low"
+    assert final.usage is not None and final.usage.output_tokens == 14
+    assert raw_types == types
+
+
+def _sync_responses(proxy: Proxy) -> tuple[str, str, list[str], str | None]:
+    client = sync_client(proxy)
+    with client:
+        response = client.responses.create(model="codex-5", input=[
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "input_text", "text": "hi"}]},
+        ])
+        with client.responses.stream(model="codex-5", input="hi") as stream:
+            deltas = [event.delta for event in stream if event.type == "response.output_text.delta"]
+            final = stream.get_final_response()
+        cut = client.responses.create(model="codex-5", input="SCENARIO=long",
+                                      max_output_tokens=10)
+    assert cut.status == "incomplete" and cut.incomplete_details is not None
+    assert len(cut.output_text) == 40
+    return response.output_text, final.output_text, deltas, cut.incomplete_details.reason
+
+
+async def test_sync_responses_create_and_stream(proxy: Proxy) -> None:
+    created, streamed, deltas, reason = await trio.to_thread.run_sync(_sync_responses, proxy)
+    assert created == streamed == "".join(deltas) == NORMAL_TEXT
+    assert len(deltas) == 10 and reason == "max_output_tokens"
+
+
+async def test_sdk_responses_stream_failure_and_errors(proxy: Proxy) -> None:
+    client = openai.AsyncOpenAI(base_url=f"{proxy.base_url}/v1", api_key=API_KEY, max_retries=0)
+    async with client:
+        stream = await client.responses.create(
+            model="codex-5", input="SCENARIO=retry_diverge", stream=True)
+        events = [event async for event in stream]
+        with pytest.raises(openai.BadRequestError) as bad:
+            await client.responses.create(model="codex-5", input="hi",
+                                          previous_response_id="resp_1")
+        with pytest.raises(openai.BadRequestError) as overflow:
+            await client.responses.create(model="codex-5", input="SCENARIO=error")
+    failed = events[-1]
+    assert failed.type == "response.failed"
+    assert failed.response.error is not None
+    assert failed.response.error.code == "upstream_retry_diverged"  # type: ignore[comparison-overlap]
+    assert failed.response.output_text == "This stream will be"
+    assert bad.value.code == "unsupported_parameter" and bad.value.param == "previous_response_id"
+    assert overflow.value.code == "context_length_exceeded"

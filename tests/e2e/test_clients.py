@@ -44,7 +44,8 @@ NODE_SCRIPT = ROOT / "clients" / "openai-node-smoke.mjs"
 
 @pytest.fixture
 async def server(tmp_path: Path, fast_fake: Path) -> AsyncIterator[ServerProcess]:
-    proc = ServerProcess(tmp_path, {"CODEX_BIN": str(fast_fake)})
+    # The fake speaks `codex proto` and has no `--version`: name the backend instead of probing.
+    proc = ServerProcess(tmp_path, {"CODEX_BIN": str(fast_fake), "PROXY_BACKEND": "proto"})
     async with trio.open_nursery() as nursery:
         await proc.start(nursery)
         try:
@@ -177,25 +178,29 @@ async def test_openai_python_error_in_stream(server: ServerProcess) -> None:
 def _langchain_session(url: str) -> dict[str, Any]:
     from langchain_openai import ChatOpenAI
 
-    # langchain-openai (1.x) sends every model whose name contains "codex" to the Responses API
-    # (/v1/responses) unless told otherwise; the proxy speaks Chat Completions only.
     common: dict[str, Any] = {"base_url": url, "api_key": API_KEY, "model": "codex-5",
-                              "max_retries": 0, "timeout": 30, "use_responses_api": False}
-    llm = ChatOpenAI(**common, stream_usage=True)
-    invoked = llm.invoke("Say hello")
-    chunks = list(llm.stream("Say hello"))
+                              "max_retries": 0, "timeout": 30}
+    # Chat Completions, asked for explicitly.
+    chat = ChatOpenAI(**common, use_responses_api=False, stream_usage=True)
+    invoked = chat.invoke("Say hello")
+    chunks = list(chat.stream("Say hello"))
     total = chunks[0]
     for chunk in chunks[1:]:
         total = total + chunk
-    plain = ChatOpenAI(**common)
+    plain = ChatOpenAI(**common, use_responses_api=False)
     plain_chunks = list(plain.stream([("system", "Be brief."), ("human", "Say hello")]))
-    responses_error: Exception | None = None
-    try:
-        ChatOpenAI(**{**common, "use_responses_api": True}).invoke("Say hello")
-    except openai.NotFoundError as exc:
-        responses_error = exc
+    # The default: langchain-openai (1.x) sends every model whose name contains "codex" to the
+    # Responses API (/v1/responses).
+    default = ChatOpenAI(**common)
+    responses_invoked = default.invoke([("system", "Be brief."), ("human", "Say hello")])
+    responses_chunks = list(default.stream("Say hello"))
+    responses_total = responses_chunks[0]
+    for chunk in responses_chunks[1:]:
+        responses_total = responses_total + chunk
     return {"invoked": invoked, "chunks": chunks, "total": total, "plain_chunks": plain_chunks,
-            "responses_error": responses_error}
+            "default_uses_responses": default._use_responses_api({}),
+            "responses_invoked": responses_invoked, "responses_chunks": responses_chunks,
+            "responses_total": responses_total}
 
 
 def check_usage_metadata(meta: Any) -> None:
@@ -205,10 +210,18 @@ def check_usage_metadata(meta: Any) -> None:
     assert meta["total_tokens"] == PROMPT_TOKENS + COMPLETION_TOKENS
 
 
+def _text(message: Any) -> str:
+    """A LangChain message's text, whether content is a string or Responses content blocks."""
+    text = getattr(message, "text", None)
+    if isinstance(text, str):
+        return text
+    return str(text() if callable(text) else message.content)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("langchain_openai") is None,
                     reason="langchain-openai is not installed (`nox -s clients` installs it)")
 async def test_langchain_chat_openai(server: ServerProcess) -> None:
-    with trio.fail_after(60):
+    with trio.fail_after(90):
         got = await trio.to_thread.run_sync(_langchain_session, base_url(server))
     invoked = got["invoked"]
     assert invoked.content == NORMAL_TEXT
@@ -221,9 +234,18 @@ async def test_langchain_chat_openai(server: ServerProcess) -> None:
     assert total.response_metadata.get("finish_reason") == "stop"
     check_usage_metadata(total.usage_metadata)  # stream_usage=True: the include_usage chunk
     assert "".join(str(c.content) for c in got["plain_chunks"]) == NORMAL_TEXT
-    # Routed to the Responses API, LangChain gets the proxy's clean 404 envelope, not a hang.
-    error = got["responses_error"]
-    assert error is not None and error.status_code == 404, error
+    # ChatOpenAI's default for a "codex" model: the Responses API, which now just works.
+    assert got["default_uses_responses"] is True
+    responses_invoked = got["responses_invoked"]
+    assert _text(responses_invoked) == NORMAL_TEXT
+    assert responses_invoked.response_metadata["status"] == "completed"
+    assert responses_invoked.response_metadata["model_name"] == "codex-5"
+    assert str(responses_invoked.response_metadata["id"]).startswith("resp_")
+    check_usage_metadata(responses_invoked.usage_metadata)
+    assert len(got["responses_chunks"]) > 2, "the Responses stream should arrive in pieces"
+    responses_total = got["responses_total"]
+    assert _text(responses_total) == NORMAL_TEXT
+    check_usage_metadata(responses_total.usage_metadata)
 
 
 # --------------------------------------------------------------------------- openai (npm)
@@ -262,6 +284,12 @@ async def test_openai_node_sdk(server: ServerProcess) -> None:
         usage = summary["results"][name]["usage"]
         assert (usage["prompt_tokens"], usage["completion_tokens"]) == (
             PROMPT_TOKENS, COMPLETION_TOKENS), name
+    for name in ("responses", "responses_stream", "responses_helper"):
+        result = summary["results"][name]
+        assert result["text"] == NORMAL_TEXT and result["status"] == "completed", name
+        assert (result["usage"]["input_tokens"], result["usage"]["output_tokens"]) == (
+            PROMPT_TOKENS, COMPLETION_TOKENS), name
+    assert summary["results"]["responses_stream"]["events"] == 2 + 2 + 10 + 3 + 1
     print(f"openai npm SDK {summary['sdk_version']} on node {summary['node']}: ok")
 
 
