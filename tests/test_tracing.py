@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio_util
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -37,19 +38,32 @@ PARENT_ID = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
 
 
-def recorder(tracing: Tracing) -> InMemorySpanExporter:
-    exporter = InMemorySpanExporter()
-    tracing.provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return exporter
+class Recorder(SimpleSpanProcessor):
+    """The in-memory exporter behind a processor that also counts ended spans, so a test can
+    wait for them."""
+
+    def __init__(self) -> None:
+        self.exporter = InMemorySpanExporter()
+        super().__init__(self.exporter)
+        self.ended = trio_util.AsyncValue(0)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        super().on_end(span)
+        self.ended.value += 1
 
 
-async def finished_spans(exporter: InMemorySpanExporter, count: int) -> list[ReadableSpan]:
+def recorder(tracing: Tracing) -> Recorder:
+    processor = Recorder()
+    tracing.provider.add_span_processor(processor)
+    return processor
+
+
+async def finished_spans(recorded: Recorder, count: int) -> list[ReadableSpan]:
     """The spans once ``count`` have ended (the server span ends after the last byte is sent,
     so it can end just after the client has its answer)."""
     with trio.fail_after(15):  # a hang guard
-        while len(exporter.get_finished_spans()) < count:
-            await trio.sleep(0.01)
-    return list(exporter.get_finished_spans())
+        await recorded.ended.wait_value(lambda n: n >= count)
+    return list(recorded.exporter.get_finished_spans())
 
 
 def by_name(spans: list[ReadableSpan]) -> dict[str, ReadableSpan]:
@@ -111,8 +125,8 @@ async def test_no_traceparent_starts_a_trace_and_errors_are_marked(
     proxy = await start_proxy(otel_enabled=True, max_concurrency=1)
     exporter = recorder(proxy.state.tracing)
     async with proxy.client() as client:
-        resp = await client.post("/v1/chat/completions", json=chat_body("SCENARIO=crash_immediately"),
-                                 headers=AUTH)
+        resp = await client.post("/v1/chat/completions",
+                                 json=chat_body("SCENARIO=crash_immediately"), headers=AUTH)
     assert resp.status_code == 502
     spans = by_name(await finished_spans(exporter, 3))
     server = spans["POST /v1/chat/completions"]
@@ -172,7 +186,7 @@ async def test_turn_span_carries_worker_and_thread(tmp_path: Path) -> None:
         relay = await service.start(req, exchange, key=API_KEY, renderer=None)
         await relay.finished.wait()
         exchange.span.end()
-    spans = by_name(list(exporter.get_finished_spans()))
+    spans = by_name(list(exporter.exporter.get_finished_spans()))
     turn = attributes(spans["codex.turn"])
     assert turn["quartproxy.worker"] == "w1.4"
     assert turn["quartproxy.thread_id"] == "thread-abc"
