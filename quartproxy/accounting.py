@@ -102,7 +102,7 @@ HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _DIGITS = re.compile(r"^[0-9]{1,16}$")
-_hour_base: dict[str, int] = {}  # "2026-11-24T05" -> epoch ms of that hour (parse cache)
+_minute_base: dict[str, int] = {}  # "2026-11-24T05:10" -> epoch ms of that minute (a cache)
 
 
 def _to_ms(moment: dt.datetime) -> int:
@@ -123,18 +123,22 @@ def parse_time(value: str) -> int:
 def iso_ms(text: str) -> int:
     """Epoch milliseconds of a record's ``ts``; fast for the ``2026-11-24T05:10:00.000Z`` form
     this proxy writes, any ISO 8601 form otherwise. Raises ``ValueError``."""
-    if len(text) == 24 and text[23] == "Z" and text[10] == "T" and text[19] == ".":
-        prefix = text[:13]
-        base = _hour_base.get(prefix)
+    if len(text) == 24 and text[23] == "Z" and text[19] == ".":
+        prefix = text[:16]
+        base = _minute_base.get(prefix)
         if base is None:
-            base = _to_ms(dt.datetime.fromisoformat(prefix + ":00:00+00:00"))
-            if len(_hour_base) > 100_000:
-                _hour_base.clear()
-            _hour_base[prefix] = base
-        try:
-            return base + int(text[14:16]) * 60_000 + int(text[17:19]) * 1000 + int(text[20:23])
-        except ValueError:
-            pass
+            try:
+                base = _to_ms(dt.datetime.fromisoformat(prefix + ":00+00:00"))
+            except ValueError:
+                base = -1
+            if len(_minute_base) > 100_000:
+                _minute_base.clear()
+            _minute_base[prefix] = base
+        if base >= 0:  # a minute boundary is never -1: the sentinel of an unreadable prefix
+            try:
+                return base + int(text[17:19]) * 1000 + int(text[20:23])
+            except ValueError:
+                pass
     return _to_ms(dt.datetime.fromisoformat(text))
 
 
@@ -143,32 +147,39 @@ def iso_of(ms: int) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _tokens(record: dict[str, Any], name: str) -> int | None:
-    value = record.get(name)
-    if value is None:
-        value = record.get(name + "_est")
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
 def record_fields(record: Any) -> tuple[int, int, int, int] | None:
     """``(ts_ms, prompt, completion, total)`` of one usage record, ``None`` if it has no usable
-    time. Missing counts are 0; a missing total is prompt + completion."""
-    if not isinstance(record, dict):
+    time. Missing counts are 0; a missing total is prompt + completion. (On the hot path of
+    every usage query: exact type checks, no helper calls.)"""
+    if type(record) is not dict:
         return None
-    ts = record.get("ts")
+    get = record.get
+    ts = get("ts")
     try:
-        if isinstance(ts, str):
+        if type(ts) is str:
             ts_ms = iso_ms(ts)
-        elif isinstance(ts, int | float) and not isinstance(ts, bool):
+        elif type(ts) is int or type(ts) is float:
             ts_ms = int(ts)
         else:
             return None
     except (ValueError, OverflowError):
         return None
-    prompt = _tokens(record, "prompt_tokens") or 0
-    completion = _tokens(record, "completion_tokens") or 0
-    total = _tokens(record, "total_tokens")
-    return ts_ms, prompt, completion, prompt + completion if total is None else total
+    prompt = get("prompt_tokens")
+    if type(prompt) is not int:
+        prompt = get("prompt_tokens_est")
+        if type(prompt) is not int:
+            prompt = 0
+    completion = get("completion_tokens")
+    if type(completion) is not int:
+        completion = get("completion_tokens_est")
+        if type(completion) is not int:
+            completion = 0
+    total = get("total_tokens")
+    if type(total) is not int:
+        total = get("total_tokens_est")
+        if type(total) is not int:
+            total = prompt + completion
+    return ts_ms, prompt, completion, total
 
 
 @dataclass(slots=True)
@@ -197,27 +208,34 @@ class Tally:
 
 @dataclass
 class Summary:
-    """Usage summed over a window, in total and per hour or per day (UTC)."""
+    """Usage summed per hour or per day (UTC) over a window; the totals are the buckets'."""
 
     group: str  # "hour" | "day"
-    totals: Tally = field(default_factory=Tally)
     buckets: dict[int, Tally] = field(default_factory=dict)  # bucket start (epoch ms) -> sums
 
+    def __post_init__(self) -> None:
+        self.width = HOUR_MS if self.group == "hour" else DAY_MS
+
     @property
-    def width(self) -> int:
-        return HOUR_MS if self.group == "hour" else DAY_MS
+    def totals(self) -> Tally:
+        totals = Tally()
+        for tally in self.buckets.values():
+            totals.merge(tally)
+        return totals
 
     def add(self, ts_ms: int, prompt: int, completion: int, total: int) -> None:
-        self.totals.add(prompt, completion, total)
+        # Once per record a query reads: kept to a dict lookup and four additions.
         key = ts_ms - ts_ms % self.width
         bucket = self.buckets.get(key)
         if bucket is None:
             bucket = self.buckets[key] = Tally()
-        bucket.add(prompt, completion, total)
+        bucket.requests += 1
+        bucket.prompt += prompt
+        bucket.completion += completion
+        bucket.total += total
 
     def add_hour(self, hour: int, tally: Tally) -> None:
         """A whole hour's sums (``hour`` = epoch ms // HOUR_MS), from an index."""
-        self.totals.merge(tally)
         start = hour * HOUR_MS
         key = start - start % self.width
         bucket = self.buckets.get(key)

@@ -30,6 +30,8 @@ from .service import CompletionService
 from .tracing import Tracing, build_tracing
 from .usage_store import UsageStore
 
+TRACE_FLUSH_S = 5.0
+
 
 @dataclass
 class AppState:
@@ -154,7 +156,9 @@ def create_app(
         if app.state.proto_log is not None:
             app.state.proto_log.close()
         if app.state.tracing.enabled:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(app.state.tracing.shutdown)
+            # Send what is buffered, but never hold the exit for an unreachable collector.
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + TRACE_FLUSH_S):
+                await trio.to_thread.run_sync(app.state.tracing.shutdown,
+                                              abandon_on_cancel=True)
 
     return app

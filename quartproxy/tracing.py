@@ -153,7 +153,7 @@ class Tracing:
         return Span(span, parent.request_id)
 
     def shutdown(self) -> None:
-        """Flush and stop the exporters (blocking: run it in a thread)."""
+        """Flush and stop the exporters (blocking: run it in a thread, with a deadline)."""
         if self.provider is not None:
             self.provider.shutdown()
 

@@ -9,24 +9,28 @@ parsing per query. Two facts make it cheap instead:
    inode, so a rename by rotation keeps its index) the store keeps, per UTC hour, the sums
    (requests, prompt/completion/total tokens) and the byte range holding that hour's lines, plus
    how far the file has been indexed. A query takes every hour that lies wholly inside the
-   window from the index — no file access — and reads only the byte ranges of the (at most two)
-   hours cut by the window's edges, keeping the records inside it. Memory: one small entry per
-   hour of history (~9k a year). The index is filled by a background task (a worker thread,
-   8 MiB per step so queries interleave) at start-up and then every few seconds; queries never
-   index, so their cost does not depend on how far behind the index is.
+   window from the index — no file access — and reads records only in the (at most two) hours
+   cut by the window's edges, from just before the window's start (found by bisection, below)
+   to just past its end. Memory: one small entry per hour of history (~9k a year). The index is
+   filled by a background task (a worker thread, 8 MiB per step so queries interleave) at
+   start-up and then every few seconds; queries never index, so their cost does not depend on
+   how far behind the index is.
 
-2. **Binary search on what is not indexed yet.** Records are appended in time order, so in the
-   unindexed tail of a file (all of it, on a cold start) the first line of the window is found
-   by bisecting byte offsets, reading one line per probe, and the scan stops at the first line
-   past the window. A cold one-hour query therefore reads about one hour of records, however
-   large the file. Appends from several replicas, or a clock step, can put a record slightly
-   out of order; the search starts 5 minutes before the window and the scan ends 5 minutes
-   after it, so such records are still counted. (The indexed path is exact for any order.)
+2. **Binary search where the index does not help.** Records are appended in time order, so in
+   the unindexed tail of a file (all of it, on a cold start) the first line of the window is
+   found by bisecting byte offsets, reading one line per probe, and the scan stops at the first
+   line past the window; a file whose first and last records lie outside the window is not
+   read at all. A cold one-hour query therefore reads about one hour of records, however large
+   the log. Appends from several replicas, or a clock step, can put a record slightly out of
+   order; the search starts 5 minutes before the window and the scan ends 5 minutes after it,
+   so records up to 5 minutes out of place are still counted (whole indexed hours are exact
+   whatever the order).
 
 A file that shrank, or whose first bytes changed (a new file reusing an inode number), is
-indexed afresh. If rotation renames files during a query, the query is retried, so no file is
-read twice or missed. Everything here is blocking file I/O: the routes call it through
-``trio.to_thread``, and a lock serialises queries and index steps (both are short).
+indexed afresh. If rotation renames files during a query, the query is retried (up to three
+times), so a rename does not make it read a file twice or miss one. Everything here is
+blocking file I/O: the routes call it through ``trio.to_thread``, and a lock serialises
+queries and index steps (both are short).
 
 ``/v1/usage/raw`` reads backwards from the end of the newest files until it has ``limit``
 records, so its cost follows ``limit``, not the size of the log.
@@ -231,8 +235,15 @@ class UsageStore:
             if start <= low and high <= end:
                 summary.add_hour(hour, span.tally)
                 continue
-            for fields in _records(item.fd, span.first, span.end):
+            # An hour cut by the window: only its lines near the window are read.
+            offset = span.first
+            if start > low:
+                offset = self._bisect(item.fd, span.first, span.end, start - SLACK_MS)
+            stop = min(end, high) + SLACK_MS
+            for fields in _records(item.fd, offset, span.end):
                 ts_ms = fields[0]
+                if ts_ms >= stop:
+                    break
                 if ts_ms // HOUR_MS == hour and start <= ts_ms < end:
                     summary.add(*fields)
 

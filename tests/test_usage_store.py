@@ -183,8 +183,9 @@ def test_queries_match_a_plain_aggregation(
 def test_bisection_allows_for_records_out_of_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every other record a minute late (two replicas, one with a slow disk): a cold query
-    still finds every record of its window, because the search starts early enough."""
+    """Every other record a minute late (two replicas, one with a slow disk): a query still
+    finds every record of its window, cold or indexed (the window's edges cut hours), because
+    the search starts early enough."""
     small_reads(monkeypatch)
     path = tmp_path / "usage.ndjson"
     records = [{"ts": iso_of(T0 + index * 1000 - (60_000 if index % 2 else 0)),
@@ -195,6 +196,9 @@ def test_bisection_allows_for_records_out_of_order(
     cases = [(start, start + rng.randint(1000, HOUR_MS), "hour")
              for start in (T0 + rng.randint(0, 10_000_000) for _ in range(40))]
     check(UsageStore(path), records, cases)
+    indexed = UsageStore(path)
+    indexed.refresh(1 << 40)
+    check(indexed, records, cases)
 
 
 def test_index_follows_appends_rotation_and_rewrites(tmp_path: Path) -> None:
