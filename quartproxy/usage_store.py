@@ -48,6 +48,7 @@ from typing import Any
 
 import orjson
 import trio
+import trio_util
 
 from .accounting import HOUR_MS, Summary, Tally, record_fields
 from .logfiles import log_files
@@ -100,6 +101,8 @@ class UsageStore:
         self.path = path
         self._lock = threading.Lock()
         self._index: dict[FileKey, FileIndex] = {}
+        # Background passes that caught up with every file (start-up warm-up done: >= 1).
+        self.caught_up: trio_util.AsyncValue[int] = trio_util.AsyncValue(0)
 
     # ------------------------------------------------------------------ files
 
@@ -129,6 +132,11 @@ class UsageStore:
                 continue
             keys.append((st.st_dev, st.st_ino))
         return keys == [item.key for item in opened]
+
+    def indexed_bytes(self) -> int:
+        """How many bytes of the log the index covers (for tests and diagnostics)."""
+        with self._lock:
+            return sum(index.scanned for index in self._index.values())
 
     def _index_of(self, item: _Open) -> FileIndex:
         head = os.pread(item.fd, HEAD_BYTES, 0)
@@ -201,6 +209,7 @@ class UsageStore:
                 log.warning("cannot index usage records: %s", exc)
                 more = False
             if not more:
+                self.caught_up.value += 1
                 await trio.sleep(REFRESH_INTERVAL_S)
 
     # ------------------------------------------------------------------ queries

@@ -138,3 +138,17 @@ async def test_usage_log_rotates_under_the_server(start_proxy: StartProxy,
     kept = sum(len(p.read_bytes().splitlines()) for p in tmp_path.glob("usage.ndjson*"))
     assert 0 < kept < 12
     assert (await get(proxy, "/v1/usage"))["total_requests"] == kept
+
+
+async def test_the_index_is_built_at_start_up(start_proxy: StartProxy, tmp_path: Path) -> None:
+    lines = [orjson.dumps({"ts": 1_795_497_000_000 + i * 60_000, "prompt_tokens": 1,
+                           "completion_tokens": 1}) + b"\n" for i in range(2000)]
+    (tmp_path / "usage.ndjson.1").write_bytes(b"".join(lines[:1000]))
+    (tmp_path / "usage.ndjson").write_bytes(b"".join(lines[1000:]))
+    proxy = await start_proxy()
+    store = proxy.state.usage_store
+    with trio.fail_after(15):  # a hang guard: the warm-up runs as soon as the server starts
+        await store.caught_up.wait_value(lambda n: n >= 1)
+    assert store.indexed_bytes() == sum(len(line) for line in lines)
+    body = await get(proxy, "/v1/usage?group=hour&start=2026-11-24T05:10:00Z")
+    assert body["total_requests"] == 2000 and len(body["buckets"]) == 34
