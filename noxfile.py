@@ -27,7 +27,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
-    session.install("-e", ".", "mypy>=1.10")
+    session.install("-e", ".[otel]", "mypy>=1.10")
     session.run("mypy", "--strict", "quartproxy")
 
 
@@ -43,6 +43,13 @@ def bench(session: nox.Session) -> None:
     """Throughput, first-chunk latency, SSE chunk rate and memory per stream, in one run."""
     session.install("-e", ".[test]")
     session.run("python", "benchmarks/bench.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench_usage(session: nox.Session) -> None:
+    """/v1/usage over a 1,000,000-record log: cold and indexed queries, raw tails."""
+    session.install("-e", ".")
+    session.run("python", "benchmarks/usage_query.py", *session.posargs)
 
 
 @nox.session(python=PYTHON)

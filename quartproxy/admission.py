@@ -87,6 +87,9 @@ class Admission:
         self.occupancy = Occupancy()  # this process's slots (local mode, or local fallback)
         self.rate = RateLimiter(settings)
         self.metrics = metrics
+        if metrics is not None:
+            metrics.turns_limit.set(self.turn_limit)
+            metrics.streams_limit.set(self.stream_limit)
         self.redis = RedisStore(settings.redis_url) if settings.redis_url else None
         self.degraded = False
         self._nursery: trio.Nursery | None = None  # lease refreshers run here (see run)
@@ -116,6 +119,20 @@ class Admission:
 
     async def acquire(self, stream: bool) -> Admitted:
         """A slot now, or after waiting up to PROXY_QUEUE_TIMEOUT_MS, or 429."""
+        started = trio.current_time()
+        try:
+            admitted = await self._acquire(stream)
+        except ConcurrencyRejected:
+            self._waited("rejected", started)
+            raise
+        self._waited("admitted", started)
+        return admitted
+
+    def _waited(self, outcome: str, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.admission_wait.labels(outcome).observe(trio.current_time() - started)
+
+    async def _acquire(self, stream: bool) -> Admitted:
         deadline = trio.current_time() + self.queue_timeout_s
         delay = 0.01
         while True:

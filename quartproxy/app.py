@@ -10,12 +10,15 @@ the app's nursery before the first request is served.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import trio
 from quart_trio import QuartTrio
 
 from . import middleware
 from .admission import Admission
 from .asgi import Exchange, ExchangeConnection
+from .backends.appserver.backend import AppServerBackend
 from .backends.base import Backend
 from .backends.proto.backend import ProtoBackend
 from .config import Settings
@@ -24,6 +27,10 @@ from .models import ModelCatalog
 from .observability import Metrics, NdjsonLog, write_access
 from .routes import completions, models, probes, responses, test_hooks, usage
 from .service import CompletionService
+from .tracing import Tracing, build_tracing
+from .usage_store import UsageStore
+
+TRACE_FLUSH_S = 5.0
 
 
 @dataclass
@@ -34,10 +41,18 @@ class AppState:
     admission: Admission
     metrics: Metrics
     usage_log: NdjsonLog
+    usage_store: UsageStore
     proto_log: NdjsonLog | None
     api_keys: list[bytes]
     backend: Backend
     service: CompletionService
+    tracing: Tracing
+
+    def exchange_started(self, exchange: Exchange, scope: Any) -> None:
+        exchange.span = self.tracing.server(
+            method=exchange.method, path=exchange.path, request_id=exchange.request_id,
+            user_agent=exchange.user_agent, headers=scope.get("headers", ()),
+        )
 
     def exchange_finished(self, exchange: Exchange) -> None:
         fields = exchange.access_fields()
@@ -45,11 +60,24 @@ class AppState:
         route = exchange.route or "unmatched"
         self.metrics.requests.labels(route, str(fields["status"])).inc()
         self.metrics.latency.labels(route).observe(fields["dur_ms"] / 1000)
+        span = exchange.span
+        if span.recording:
+            status = int(fields["status"])
+            if exchange.route is not None:
+                span.rename(f"{exchange.method} {exchange.route}")
+            span.update({"http.route": exchange.route, "http.response.status_code": status,
+                         "quartproxy.outcome": fields["outcome"]})
+            if status >= 500:
+                span.fail(f"HTTP {status}")
+            span.end()
 
 
 class ProxyApp(QuartTrio):
     asgi_http_class = ExchangeConnection
     state: AppState
+
+    def exchange_started(self, exchange: Exchange, scope: Any) -> None:
+        self.state.exchange_started(exchange, scope)
 
     def exchange_finished(self, exchange: Exchange) -> None:
         self.state.exchange_finished(exchange)
@@ -65,15 +93,21 @@ def create_app(
     *,
     backend: Backend | None = None,
     proto_log: NdjsonLog | None = None,
+    tracing: Tracing | None = None,
 ) -> ProxyApp:
+    """The app; raises :class:`~quartproxy.tracing.TracingUnavailable` when tracing is on and
+    its packages are missing."""
     app = ProxyApp(__name__)
     app.config["RESPONSE_TIMEOUT"] = None  # our own timers end streams, with [DONE]
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["BODY_TIMEOUT"] = max(60, settings.timeout_ms / 1000)
     lifecycle = lifecycle or Lifecycle()
-    metrics = Metrics()
+    tracing = tracing or build_tracing(settings)
+    catalog = ModelCatalog(settings)
+    metrics = Metrics(models=catalog.known_ids())
     admission = Admission(settings, metrics)
-    usage_log = NdjsonLog(settings.token_log_path)
+    usage_log = NdjsonLog(settings.token_log_path, max_bytes=settings.usage_log_max_bytes,
+                          keep=settings.usage_log_keep)
     if backend is None:
         proto_log = proto_log or proto_log_for(settings)
         backend = ProtoBackend(
@@ -81,19 +115,22 @@ def create_app(
         )
     service = CompletionService(
         settings=settings, backend=backend, admission=admission, metrics=metrics,
-        usage_log=usage_log, lifecycle=lifecycle,
+        usage_log=usage_log, lifecycle=lifecycle, tracing=tracing,
     )
+    metrics.watch_workers(backend if isinstance(backend, AppServerBackend) else None)
     app.state = AppState(
         settings=settings,
         lifecycle=lifecycle,
-        catalog=ModelCatalog(settings),
+        catalog=catalog,
         admission=admission,
         metrics=metrics,
         usage_log=usage_log,
+        usage_store=UsageStore(settings.token_log_path),
         proto_log=proto_log,
         api_keys=[key.encode() for key in settings.api_keys],
         backend=backend,
         service=service,
+        tracing=tracing,
     )
     middleware.install(app, settings)
     for blueprint in (probes.blueprint, models.blueprint, usage.blueprint,
@@ -108,6 +145,7 @@ def create_app(
     async def _start() -> None:
         state = app.state
         await app.nursery.start(state.usage_log.run)
+        await app.nursery.start(state.usage_store.run)
         if state.proto_log is not None:
             await app.nursery.start(state.proto_log.run)
         await app.nursery.start(state.admission.run)
@@ -120,5 +158,10 @@ def create_app(
         app.state.usage_log.close()
         if app.state.proto_log is not None:
             app.state.proto_log.close()
+        if app.state.tracing.enabled:
+            # Send what is buffered, but never hold the exit for an unreachable collector.
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + TRACE_FLUSH_S):
+                await trio.to_thread.run_sync(app.state.tracing.shutdown,
+                                              abandon_on_cancel=True)
 
     return app

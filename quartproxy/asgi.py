@@ -30,6 +30,7 @@ from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, ASGISendEven
 from quart_trio.asgi import TrioASGIHTTPConnection
 
 from .observability import utc_now_iso
+from .tracing import NO_SPAN, Span
 
 log = logging.getLogger("quartproxy.asgi")
 
@@ -59,6 +60,7 @@ class Exchange:
     # taken before the turn owned it is released here, a detached turn learns the client left.
     cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     admission: Any = None  # what admission decided (read by the test-only X-Conc headers)
+    span: Span = NO_SPAN  # the request's trace span (PROXY_OTEL_ENABLED)
 
     def access_fields(self) -> dict[str, Any]:
         now = time.perf_counter()
@@ -114,6 +116,9 @@ class ExchangeConnection(TrioASGIHTTPConnection):
             user_agent=(_header(scope, b"user-agent") or "")[:200],
         )
         token = _current.set(exchange)
+        started = getattr(self.app, "exchange_started", None)
+        if started is not None:
+            started(exchange, scope)
 
         async def tracking_send(message: ASGISendEvent) -> None:
             if message["type"] == "http.response.start":

@@ -98,12 +98,13 @@ def _serve(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
 
     from .backends import StartupError
+    from .tracing import TracingUnavailable
 
     try:
         trio.run(lambda: serve(settings, on_ready=ready))
     except KeyboardInterrupt:
         return 130
-    except StartupError as exc:
+    except (StartupError, TracingUnavailable) as exc:
         print(f"quartproxy: {exc}", file=sys.stderr)
         return 2
     except (OSError, BaseExceptionGroup) as exc:

@@ -222,6 +222,14 @@ class Settings(BaseSettings):
         default=Path(".codex-api") / "usage.ndjson",
         description="usage records (NDJSON)",
     )
+    usage_log_max_bytes: int = _env(
+        "PROXY_USAGE_LOG_MAX_BYTES", default=64 * 1024 * 1024, ge=0,
+        description="rotate the usage records when the file would pass this size (0 = never)",
+    )
+    usage_log_keep: int = _env(
+        "PROXY_USAGE_LOG_KEEP", default=5, ge=0, le=1000,
+        description="rotated usage files kept (TOKEN_LOG_PATH.1 newest .. .N oldest)",
+    )
     proto_log_path: Path = _env(
         "PROTO_LOG_PATH",
         default=Path(".codex-api") / "proto-events.ndjson",
@@ -230,6 +238,15 @@ class Settings(BaseSettings):
     log_proto: bool = _env("PROXY_LOG_PROTO", default=False, description="write the proto log")
     log_format: Literal["json", "text"] = _env(
         "PROXY_LOG_FORMAT", default="json", description="access log format"
+    )
+    metrics_require_key: bool = _env(
+        "PROXY_METRICS_REQUIRE_KEY", default=False,
+        description="put /metrics behind the API key (default: open, the Prometheus convention)",
+    )
+    otel_enabled: bool = _env(
+        "PROXY_OTEL_ENABLED", default=False,
+        description="OpenTelemetry traces (pip install 'quartproxy[otel]'; OTEL_* env vars "
+        "configure the exporter)",
     )
 
     @field_validator("extra_models")

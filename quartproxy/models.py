@@ -39,6 +39,11 @@ class ModelCatalog:
     def default(self) -> str:
         return self.family
 
+    def known_ids(self) -> list[str]:
+        """Every id :meth:`resolve` accepts, in canonical spelling (the metrics' model label
+        values)."""
+        return [*self._aliases, *sorted(self._exact)]
+
     def listed(self) -> list[str]:
         ids = [self.family, *(f"{self.family}-{effort}" for effort in EFFORTS)]
         return ids + [model for model in self.extra if model not in ids]

@@ -8,6 +8,11 @@
   also keeps lines whole when several processes share the file).
 * Metrics: prometheus_client, because its text exposition format and histogram maths are not
   ours to reinvent; each app gets its own registry so tests can run several apps in one process.
+  Every label has a bounded set of values: routes are the app's rules, models are the ids the
+  catalog accepts (anything else is ``other``; a client's string never becomes a label),
+  workers are slot indexes (not their per-restart names), causes and codes are the proxy's own.
+  Worker figures (readiness, restarts, turns in flight, RSS from ``/proc``) are read from the
+  pool at scrape time by :class:`WorkerCollector`.
 """
 
 from __future__ import annotations
@@ -16,14 +21,17 @@ import datetime as dt
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import trio
 import trio_util
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from .logfiles import rotate_if_needed
 
 log = logging.getLogger("quartproxy")
 access_logger = logging.getLogger("quartproxy.access")
@@ -93,10 +101,13 @@ def write_access(fields: dict[str, Any]) -> None:
 
 class NdjsonLog:
     """Appends records (usage, proto events) from one writer task; :meth:`record` never
-    blocks."""
+    blocks. With ``max_bytes`` the file rotates by size (see :mod:`quartproxy.logfiles`),
+    in the writer's own thread call, so no append of this process races a rotation."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, max_bytes: int = 0, keep: int = 0) -> None:
         self.path = path
+        self.max_bytes = max_bytes
+        self.keep = keep
         self._send, self._receive = trio.open_memory_channel[bytes](10_000)
         self.dropped = 0
         self.written: trio_util.AsyncValue[int] = trio_util.AsyncValue(0)  # records on disk
@@ -136,6 +147,12 @@ class NdjsonLog:
         self._send.close()
 
     def _append(self, data: bytes) -> None:
+        if self.max_bytes:
+            try:
+                rotate_if_needed(self.path, incoming=len(data), max_bytes=self.max_bytes,
+                                 keep=self.keep)
+            except OSError as exc:
+                log.warning("cannot rotate %s: %s", self.path, exc)
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         except OSError as exc:
@@ -165,9 +182,107 @@ def read_usage(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+class WorkerView(Protocol):
+    """What the collector reads from one app-server worker."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def active(self) -> int: ...
+    @property
+    def pid(self) -> int | None: ...
+    @property
+    def accepting(self) -> bool: ...
+
+
+class PoolView(Protocol):
+    """What the collector reads from the app-server worker pool."""
+
+    @property
+    def slots(self) -> Sequence[WorkerView | None]: ...
+    @property
+    def retired(self) -> Sequence[WorkerView]: ...
+    @property
+    def restarts(self) -> Mapping[str, int]: ...
+
+
+RESTART_CAUSES = ("crashed", "unhealthy", "handshake_failed", "spawn_failed", "recycled")
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident set size of a process (``VmRSS`` in ``/proc/<pid>/status``), if readable."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _slot_of(name: str) -> int | None:
+    """The slot index in a worker name ``w<slot>.<generation>``."""
+    head, _, _ = name.partition(".")
+    return int(head[1:]) if head[:1] == "w" and head[1:].isdigit() else None
+
+
+class WorkerCollector:
+    """Worker pool figures, read at scrape time. Without a pool (proto backend) the families
+    are declared with no samples, so dashboards and rules see the names and alerts stay
+    quiet."""
+
+    def __init__(self, pool: PoolView | None) -> None:
+        self.pool = pool
+
+    def collect(self) -> Iterator[Metric]:
+        configured = GaugeMetricFamily(
+            "quartproxy_workers_configured", "app-server worker slots (PROXY_WORKERS)")
+        ready = GaugeMetricFamily(
+            "quartproxy_workers_ready", "app-server workers ready to take turns")
+        restarts = CounterMetricFamily(
+            "quartproxy_worker_restarts", "app-server worker restarts by cause", labels=["cause"])
+        in_flight = GaugeMetricFamily(
+            "quartproxy_worker_turns_in_flight",
+            "Turns running on the workers of a slot (a recycled worker's last turns included)",
+            labels=["slot"])
+        rss = GaugeMetricFamily(
+            "quartproxy_worker_rss_bytes", "Resident memory of the worker processes of a slot",
+            labels=["slot"])
+        pool = self.pool
+        if pool is not None:
+            slots = list(pool.slots)
+            configured.add_metric([], len(slots))
+            ready.add_metric([], sum(1 for w in slots if w is not None and w.accepting))
+            counts = {cause: 0 for cause in RESTART_CAUSES}
+            counts.update(pool.restarts)
+            for cause, count in sorted(counts.items()):
+                restarts.add_metric([cause], count)
+            turns: dict[int, int] = {index: 0 for index in range(len(slots))}
+            memory: dict[int, int] = {}
+            placed = [(index, w) for index, w in enumerate(slots) if w is not None]
+            placed += [(index, w) for w in pool.retired
+                       if (index := _slot_of(w.name)) is not None]
+            for index, worker in placed:
+                turns[index] = turns.get(index, 0) + worker.active
+                pid = worker.pid
+                size = rss_bytes(pid) if pid is not None else None
+                if size is not None:
+                    memory[index] = memory.get(index, 0) + size
+            for index in sorted(turns):
+                in_flight.add_metric([str(index)], turns[index])
+            for index in sorted(memory):
+                rss.add_metric([str(index)], memory[index])
+        yield from (configured, ready, restarts, in_flight, rss)
+
+
+TOKEN_TYPES = ("prompt", "completion", "cached", "reasoning")
+
+
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, models: Iterable[str] = ()) -> None:
         self.registry = CollectorRegistry()
+        self._models = {model.lower(): model for model in models}
         r = self.registry
         self.requests = Counter(
             "quartproxy_requests", "HTTP requests by route and status", ["route", "status"],
@@ -189,8 +304,20 @@ class Metrics:
             "quartproxy_live_children", "Turns running now (older name of turns_running)",
             registry=r,
         )
+        self.turns_limit = Gauge(
+            "quartproxy_turns_limit", "PROXY_MAX_CONCURRENCY (0 = no cap)", registry=r
+        )
+        self.streams_limit = Gauge(
+            "quartproxy_streams_limit", "PROXY_SSE_MAX_CONCURRENCY (0 = no cap)", registry=r
+        )
         self.rejections = Counter(
             "quartproxy_admission_rejections", "Admission rejections", ["reason"], registry=r
+        )
+        self.admission_wait = Histogram(
+            "quartproxy_admission_wait_seconds",
+            "Time a request waited for a concurrency slot, by outcome (admitted|rejected)",
+            ["outcome"], registry=r,
+            buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
         self.child_exits = Counter(
             "quartproxy_child_exits", "Child exits by cause", ["cause"], registry=r
@@ -199,6 +326,50 @@ class Metrics:
             "quartproxy_redis_fallback", "1 while limits are per-process because Redis is down",
             registry=r,
         )
+        self.tokens = Counter(
+            "quartproxy_tokens",
+            "Tokens by model, type (prompt|completion|cached|reasoning) and source "
+            "(codex|estimate)",
+            ["model", "type", "source"], registry=r,
+        )
+        self.turns = Counter(
+            "quartproxy_turns", "Finished turns by finish_reason and outcome",
+            ["finish_reason", "outcome"], registry=r,
+        )
+        self.turn_errors = Counter(
+            "quartproxy_turn_errors", "Turns that ended with an error, by error code", ["code"],
+            registry=r,
+        )
+        self.keepalives = Counter(
+            "quartproxy_sse_keepalives", "SSE keepalive comments sent", registry=r
+        )
+        self.workers = WorkerCollector(None)
+        r.register(self.workers)
+        for reason in ("concurrency_exceeded", "rate_limited"):
+            self.rejections.labels(reason)
+
+    def model_label(self, model: str) -> str:
+        """The metric label for a requested model: a catalog id, or ``other``."""
+        return self._models.get(model.lower(), "other")
+
+    def watch_workers(self, pool: PoolView | None) -> None:
+        self.workers.pool = pool
+
+    def turn_finished(self, record: Mapping[str, Any], error_code: str | None) -> None:
+        """Token, finish_reason and error counts of one finished turn (its usage record)."""
+        model = self.model_label(str(record.get("model") or ""))
+        source = "codex" if record.get("counts_source") == "codex" else "estimate"
+        for kind in TOKEN_TYPES:
+            value = record.get(f"{kind}_tokens")
+            self.tokens.labels(model, kind, source).inc(
+                value if isinstance(value, int) and value > 0 else 0)
+        finish = record.get("finish_reason")
+        if not isinstance(finish, str):
+            finish = "error" if error_code is not None or record.get("outcome") == "error" \
+                else "none"
+        self.turns.labels(finish, str(record.get("outcome"))).inc()
+        if error_code is not None:
+            self.turn_errors.labels(error_code).inc()
 
     def exposition(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -111,6 +111,7 @@ class Relay:
         renderer: Renderer | None,
         on_open: Callable[[Relay], None] | None = None,
         on_done: Callable[[Relay], Awaitable[None]] | None = None,
+        on_keepalive: Callable[[], None] | None = None,
     ) -> None:
         self.backend = backend
         self.request = request
@@ -121,6 +122,7 @@ class Relay:
         self.outbox: Outbox | None = Outbox() if renderer is not None else None
         self.on_open = on_open
         self.on_done = on_done
+        self.on_keepalive = on_keepalive
         self.decided = trio.Event()  # the completion has its outcome (or the client left)
         self.finished = trio.Event()  # the turn is over and on_done has run
         self.turn: Turn | None = None
@@ -250,6 +252,8 @@ class Relay:
                 continue
             if not self.client_gone:
                 self.outbox.push(self.renderer.keepalive(int(time.time() * 1000)))
+                if self.on_keepalive is not None:
+                    self.on_keepalive()
 
     async def _watch_shutdown(self) -> None:
         await self.lifecycle.finalize_now.wait()

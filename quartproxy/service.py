@@ -15,6 +15,7 @@ state itself otherwise, so chat, legacy and Responses are three renderings of on
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
 from functools import partial
 
@@ -34,6 +35,7 @@ from .render import Renderer
 from .timers import Timing, TurnClock
 from .tool_request import flatten_tool_history
 from .toolblocks import ToolPolicy
+from .tracing import Span, Tracing
 from .validation import CompletionRequest
 
 log = logging.getLogger("quartproxy.service")
@@ -59,6 +61,7 @@ class CompletionService:
         metrics: Metrics,
         usage_log: NdjsonLog,
         lifecycle: Lifecycle,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
         self.backend = backend
@@ -66,6 +69,7 @@ class CompletionService:
         self.metrics = metrics
         self.usage_log = usage_log
         self.lifecycle = lifecycle
+        self.tracing = tracing or Tracing()
         self.tool_policy = tool_policy(settings)
         # The one count of running turns: tests and shutdown wait on it, /metrics reads it.
         self.running: trio_util.AsyncValue[int] = trio_util.AsyncValue(0)
@@ -110,12 +114,15 @@ class CompletionService:
             exchange.outcome = "shutdown"
             raise errors.shutting_down()
         req = self.fit_tools(req)
-        await self.admission.check_rate(key)
-        try:
-            admitted = await self.admission.acquire(req.stream)
-        except ConcurrencyRejected as rejected:
-            exchange.admission = rejected
-            raise
+        with self.tracing.child(exchange.span, "admission",
+                                {"quartproxy.stream": req.stream}) as admission_span:
+            await self.admission.check_rate(key)
+            try:
+                admitted = await self.admission.acquire(req.stream)
+            except ConcurrencyRejected as rejected:
+                exchange.admission = rejected
+                raise
+            admission_span.set("quartproxy.admission.before", admitted.before)
         exchange.admission = admitted
         slot = admitted.slot
         exchange.cleanups.append(slot.release)  # until the relay owns the slot
@@ -127,6 +134,12 @@ class CompletionService:
             self.timing(req, keepalive_s), stream=req.stream, started_at=trio.current_time(),
             tools=self.tool_policy,
         )
+        turn_span = self.tracing.child(exchange.span, "codex.turn", {
+            "quartproxy.backend": self.backend.capabilities.name,
+            "quartproxy.stream": req.stream,
+            "gen_ai.request.model": req.model,
+            "quartproxy.effective_model": req.effective_model,
+        })
         relay = Relay(
             backend=self.backend,
             request=TurnRequest(
@@ -142,7 +155,8 @@ class CompletionService:
             lifecycle=self.lifecycle,
             renderer=renderer,
             on_open=self._opened,
-            on_done=partial(self._done, exchange, req, slot),
+            on_done=partial(self._done, exchange, req, slot, turn_span),
+            on_keepalive=self.metrics.keepalives.inc,
         )
         detach = not self.settings.kill_on_disconnect and self._background is not None
         nursery = self._background if detach else exchange.nursery
@@ -150,14 +164,21 @@ class CompletionService:
         try:
             await nursery.start(relay.run)
         except BackendUnavailable as exc:
+            turn_span.fail(f"backend unavailable: {exc}")
+            turn_span.end()
             await self._refused(exchange, slot, "backend_unavailable")
             if exc.code == "concurrency_exceeded":  # every worker is carrying all it may
                 raise errors.ApiError(429, str(exc), "rate_limit_error",
                                       "concurrency_exceeded") from None
             raise errors.ApiError(503, str(exc), "server_error", exc.code) from None
         except BackendRejected as exc:
+            turn_span.set("quartproxy.error.code", "backend_rejected")
+            turn_span.end()
             await self._refused(exchange, slot, "backend_rejected")
             raise errors.invalid(str(exc), exc.param) from None
+        except BaseException:
+            turn_span.end()
+            raise
         exchange.cleanups.remove(slot.release)  # the relay releases it once the turn is over
         if detach:
 
@@ -208,7 +229,7 @@ class CompletionService:
         self.running.value += 1
 
     async def _done(
-        self, exchange: Exchange, req: CompletionRequest, slot: Slot, relay: Relay
+        self, exchange: Exchange, req: CompletionRequest, slot: Slot, span: Span, relay: Relay
     ) -> None:
         self.running.value -= 1
         await slot.release()
@@ -234,6 +255,10 @@ class CompletionService:
             self.metrics.child_exits.labels(diagnostics.exit_cause).inc()
         if record.ttft_s is not None:
             self.metrics.ttft.observe(record.ttft_s)
+        error = relay.completion.error
+        self.metrics.turn_finished(fields, (error.code or "unknown") if error else None)
+        if span.recording:
+            self._trace_turn(span, record, fields)
         extra = {"req_id": exchange.request_id}
         if fields["counts_source"] == "estimate":
             log.info("usage estimated (no token counts from codex)", extra=extra)
@@ -250,3 +275,29 @@ class CompletionService:
             log.warning("codex exited early (code %s); stderr tail: %s",
                         diagnostics.returncode, diagnostics.stderr_tail, extra=extra)
         self.usage_log.record(fields)
+
+    @staticmethod
+    def _trace_turn(span: Span, record: accounting.TurnRecord, fields: dict[str, object]
+                    ) -> None:
+        diagnostics = record.diagnostics
+        span.update({
+            "quartproxy.worker": diagnostics.worker,
+            "quartproxy.thread_id": diagnostics.thread_id,
+            "quartproxy.exit_cause": diagnostics.exit_cause,
+            "quartproxy.ttft_ms": fields["ttft_ms"],
+            "quartproxy.finish_reason": fields["finish_reason"],
+            "quartproxy.outcome": fields["outcome"],
+            "quartproxy.counts_source": fields["counts_source"],
+            "gen_ai.usage.input_tokens": fields["prompt_tokens"],
+            "gen_ai.usage.output_tokens": fields["completion_tokens"],
+        })
+        if record.ttft_s is not None:
+            # Durations are trio's clock (monotonic); spans are stamped in wall-clock time.
+            ago_s = record.duration_s - record.ttft_s
+            span.event("first_token", timestamp_ns=time.time_ns() - int(ago_s * 1e9))
+        error = record.completion.error
+        if error is not None:
+            span.set("quartproxy.error.code", error.code)
+            if error.status >= 500:
+                span.fail(error.message)
+        span.end()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from quart import Blueprint, Response
 
-from ..middleware import json_response, state
+from ..middleware import authorise, json_response, state
 
 blueprint = Blueprint("probes", __name__)
 
@@ -30,6 +30,8 @@ async def readyz() -> Response:
 
 @blueprint.route("/metrics", methods=["GET"])
 async def metrics_text() -> Response:
+    if state().settings.metrics_require_key:
+        authorise()
     return Response(
         state().metrics.exposition(), content_type="text/plain; version=0.0.4; charset=utf-8"
     )
