@@ -305,7 +305,9 @@ async def test_a_stalled_client_stalls_nobody_else(start_proxy: StartProxy, tmp_
         chunks = stalled.aiter_raw()
         await chunks.__anext__()  # the headers and the role chunk; then stop reading
         with trio.fail_after(60):
-            while not any(w.stats["lines"] > 50_000 for w in backend(proxy).workers()):
+            while not any(  # noqa: ASYNC110 - progress of another process
+                w.stats["lines"] > 50_000 for w in backend(proxy).workers()
+            ):
                 await trio.sleep(0.01)
         for _ in range(3):
             resp = await client.post("/v1/chat/completions", json=chat_body("hi"), headers=AUTH)
