@@ -359,8 +359,21 @@ class AppServerBackend:
             if isinstance(turn, dict) and isinstance(turn.get("id"), str):
                 translator.turn_id = turn["id"]
 
+        def orphaned(result: Any) -> None:
+            # The request gave up before codex answered: delete the thread it did start.
+            thread = result.get("thread") if isinstance(result, dict) else None
+            if isinstance(thread, dict) and isinstance(thread.get("id"), str):
+                worker.end_thread(thread["id"])
+
         try:
-            await worker.call("thread/start", plan.thread_start, on_result=register)
+            try:
+                await worker.call("thread/start", plan.thread_start, on_result=register,
+                                  on_late=orphaned)
+            except BaseException:
+                # Cancelled (or failed) after codex answered: the thread exists, delete it.
+                for route in routes:
+                    worker.end_thread(route.thread_id)
+                raise
             if not routes:
                 raise BackendUnavailable("codex did not return a thread id for thread/start.")
             route = routes[0]

@@ -82,6 +82,8 @@ class _Pending:
     done: trio.Event = field(default_factory=trio.Event)
     response: Response | None = None
     on_result: Callable[[Any], None] | None = None
+    on_late: Callable[[Any], None] | None = None  # the caller left before the answer came
+    abandoned: bool = False
 
 
 class ThreadRoute:
@@ -273,24 +275,30 @@ class Worker:
         *,
         timeout_s: float | None = None,
         on_result: Callable[[Any], None] | None = None,
+        on_late: Callable[[Any], None] | None = None,
         health: bool = True,
     ) -> Any:
         """Send a request and wait for its answer (``on_result`` runs in the reader, before
         any later line is routed). A timeout counts against the worker's health unless
         ``health`` is false (thread deletions: codex does them one by one and slowly, so a long
-        queue of them is load, not a hang)."""
+        queue of them is load, not a hang). ``on_late`` gets a result that arrives after the
+        caller stopped waiting (timed out or cancelled): a thread started for a request that is
+        already gone must still be deleted."""
         if self.gone.is_set():
             raise WorkerGone(self.failure or "the worker is gone")
         request_id = self._next_id
         self._next_id += 1
-        pending = _Pending(method, on_result=on_result)
+        pending = _Pending(method, on_result=on_result, on_late=on_late)
         self._pending[request_id] = pending
         self.send_line(encode_request(request_id, method, params))
         try:
             with trio.move_on_after(self.rpc_timeout_s if timeout_s is None else timeout_s):
                 await pending.done.wait()
         finally:
-            self._pending.pop(request_id, None)
+            if pending.done.is_set() or on_late is None:
+                self._pending.pop(request_id, None)
+            else:
+                pending.abandoned = True  # stays until its answer comes, for on_late
         response = pending.response
         if not pending.done.is_set():
             if not health:
@@ -462,6 +470,13 @@ class Worker:
             log.debug("worker %s: answer to unknown request %r", self.name, response.id)
             return
         pending.response = response
+        if pending.abandoned:
+            if response.error is None and pending.on_late is not None:
+                try:
+                    pending.on_late(response.result)
+                except Exception:
+                    log.exception("worker %s: late %s result", self.name, pending.method)
+            return
         if response.error is None and pending.on_result is not None:
             try:
                 pending.on_result(response.result)
