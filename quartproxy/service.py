@@ -129,6 +129,7 @@ class CompletionService:
         completion = Completion(
             stream=req.stream, prompt_chars=len(req.prompt), max_tokens=req.max_tokens,
             tools=self.tool_policy, parallel_calls=req.parallel_calls,
+            prompt_param=req.prompt_param,
         )
         clock = TurnClock(
             self.timing(req, keepalive_s), stream=req.stream, started_at=trio.current_time(),

@@ -55,6 +55,14 @@ class CompletionRequest:
     def parallel_calls(self) -> bool:
         return self.tools.parallel if self.tools is not None else True
 
+    @property
+    def prompt_param(self) -> str:
+        """The request field that carries the prompt, named by errors about its size."""
+        return PROMPT_PARAMS[self.kind]
+
+
+PROMPT_PARAMS = {"chat": "messages", "legacy": "prompt", "responses": "input"}
+
 
 def _optional_bool(body: dict[str, Any], name: str, param: str | None = None) -> bool:
     value = body.get(name)
@@ -273,7 +281,7 @@ def parse_chat(body: Any, catalog: ModelCatalog, *, max_prompt_tokens: int) -> C
         check_history(conversation)
     request = _common(
         body, catalog, conversation, kind="chat", max_prompt=max_prompt_tokens,
-        prompt_param="messages",
+        prompt_param=PROMPT_PARAMS["chat"],
     )
     return replace(request, tools=tools) if tools is not None else request
 
@@ -292,5 +300,5 @@ def parse_legacy(body: Any, catalog: ModelCatalog, *, max_prompt_tokens: int) ->
         raise errors.invalid("'prompt' must not be empty.", "prompt")
     return _common(
         body, catalog, Conversation((Item("user", text),)), kind="legacy",
-        max_prompt=max_prompt_tokens, prompt_param="prompt",
+        max_prompt=max_prompt_tokens, prompt_param=PROMPT_PARAMS["legacy"],
     )

@@ -431,6 +431,9 @@ class Worker:
         if self.failure is None and not self.retiring.is_set():
             self.failure = "the process exited"
             log.warning("worker %s exited unexpectedly", self.name)
+        # Stop taking turns before the running ones learn of the exit: their clients may
+        # retry at once, and the pool must not lease the dead process to them.
+        self.retiring.set()
         for route in list(self.routes.values()):
             route.close(End.WORKER_EXIT)
         self.routes.clear()
