@@ -33,7 +33,7 @@ from .observability import utc_now_iso
 
 log = logging.getLogger("quartproxy.asgi")
 
-REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")  # whole value: fullmatch only
 # Upper bound for the shielded last send of a response (see ExchangeConnection).
 FINAL_SEND_TIMEOUT_S = 5.0
 
@@ -103,12 +103,20 @@ def _header(scope: Any, name: bytes) -> str | None:
     return None
 
 
+def request_id_for(supplied: str | None) -> str:
+    """The client's ``X-Request-Id`` if it is a safe token (it is logged and echoed), else a
+    fresh one."""
+    if supplied is not None and REQUEST_ID_RE.fullmatch(supplied):
+        return supplied
+    return uuid.uuid4().hex
+
+
 class ExchangeConnection(TrioASGIHTTPConnection):
     async def __call__(self, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         scope = self.scope
         supplied = _header(scope, b"x-request-id")
         exchange = Exchange(
-            request_id=supplied if supplied and REQUEST_ID_RE.match(supplied) else uuid.uuid4().hex,
+            request_id=request_id_for(supplied),
             method=scope.get("method", "GET"),
             path=scope.get("path", "/"),
             user_agent=(_header(scope, b"user-agent") or "")[:200],

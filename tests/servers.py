@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import trio
 
-from .conftest import API_KEY, pid_alive
+from .conftest import API_KEY, ROOT, pid_alive
 
 
 def free_port() -> int:
@@ -53,6 +53,10 @@ class ServerProcess:
             "TOKEN_LOG_PATH": str(tmp / f"usage-{self.port}.ndjson"),
             "PROXY_SSE_KEEPALIVE_MS": "0",
             "FAKE_CODEX_PID_DIR": str(self.pid_dir),
+            # This checkout's package, whatever the virtualenv has installed.
+            "PYTHONPATH": os.pathsep.join(
+                [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+            ),
             **env,
         }
         self.process: trio.Process | None = None
