@@ -316,7 +316,7 @@ _TOKEN_ID_RE = re.compile(r"[0-9]{1,10}")
 
 
 def _bad(param: str, expected: str) -> errors.ApiError:
-    return errors.invalid(f"Invalid '{param}': expected {expected}.", param)
+    return errors.invalid(f"'{param}' must be {expected}.", param)
 
 
 def is_integer(value: Any) -> bool:
@@ -422,7 +422,7 @@ def logit_bias(value: Any, param: str) -> None:
     obj(value, param)
     for key, bias in value.items():
         if not _TOKEN_ID_RE.fullmatch(key):
-            raise errors.invalid(f"Invalid '{param}': key {key!r} is not a token id.", param)
+            raise errors.invalid(f"'{param}' keys must be token ids; got {key!r}.", param)
         if not is_number(bias) or not -100 <= bias <= 100:
             raise _bad(f"{param}.{key}", "a number between -100 and 100")
 
@@ -433,7 +433,7 @@ def metadata(value: Any, param: str) -> None:
         raise _bad(param, "an object of at most 16 string pairs")
     for key, item in value.items():
         if len(key) > 64:
-            raise _bad(param, "keys of at most 64 characters")
+            raise errors.invalid(f"'{param}' keys must be at most 64 characters.", param)
         if not isinstance(item, str) or len(item) > 512:
             raise _bad(f"{param}.{key}", "a string of at most 512 characters")
 
