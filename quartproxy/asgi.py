@@ -11,7 +11,11 @@ and its helpers in it with ``nursery.start``. Consequences, all deliberate:
   finished" heuristics;
 * the access log is written once, after the nursery has exited, with the real final status;
 * the last send of a response is shielded: Hypercorn closes or recycles the connection inside
-  it, and must not be cancelled half-way by the disconnect that this very close announces.
+  it, and must not be cancelled half-way by the disconnect that this very close announces
+  (a half-done close leaves the socket open until the graceful timeout of a draining server;
+  a half-done recycle leaves a keep-alive connection without its idle timeout). Completing
+  the recycle means a keep-alive connection now waits for its next request; when the client
+  closes it instead, :mod:`quartproxy.connections` ends it at once.
 """
 
 from __future__ import annotations

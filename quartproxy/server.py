@@ -24,6 +24,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from .app import ProxyApp, create_app, proto_log_for
 from .backends import Backend, create_backend
 from .config import Settings
+from .connections import install as install_connection_fixes
 from .lifecycle import Lifecycle
 
 log = logging.getLogger("quartproxy.server")
@@ -69,6 +70,7 @@ async def serve(
     app_ready: Callable[[ProxyApp], None] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    install_connection_fixes()
     lifecycle = lifecycle or Lifecycle()
     proto_log = proto_log_for(settings)
     backend = await create_backend(
