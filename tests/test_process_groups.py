@@ -9,9 +9,12 @@ pid and start time, so "nothing left" is checked against exactly those processes
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 import pytest
@@ -62,6 +65,13 @@ def recorded(pid_dir: Path) -> dict[str, list[tuple[int, str]]]:
         if role in found and pid.isdigit():
             found[role].append((int(pid), path.read_text().strip()))
     return found
+
+
+def kill_recorded(pid_dir: Path) -> None:
+    for entries in recorded(pid_dir).values():
+        for pid, start in entries:
+            if running(pid, start):
+                os.kill(pid, signal.SIGKILL)
 
 
 async def assert_group_gone(pid_dir: Path, turns: int = 1) -> None:
@@ -146,6 +156,27 @@ async def test_rest_of_the_group_gets_sigterm_when_the_launcher_leaves_first(
     await assert_group_gone(proxy.pid_dir)
     ((tool_pid, _),) = recorded(proxy.pid_dir)["tool"]
     assert (proxy.pid_dir / f"tool-{tool_pid}.term").exists()
+
+
+async def test_without_pidfds_the_group_is_still_ended(
+    start_proxy: StartProxy, launcher: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As on a kernel before 5.3 (or another Unix): ending a turn must neither hang nor leave
+    # the group behind. (It used to skip every signal, then wait for a child that stays alive
+    # after stdin EOF, as codex does: forever, under a shield.)
+    def no_pidfds(pid: int, flags: int = 0) -> NoReturn:
+        raise OSError(errno.ENOSYS, "pidfd_open not implemented")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfds)
+    proxy = await proxy_with_launcher(start_proxy, launcher, tool="meek")
+    try:
+        async with proxy.client() as client:
+            resp = await client.post("/v1/chat/completions", json=chat_body(), headers=AUTH)
+        assert resp.status_code == 200
+        await proxy.wait_idle()
+        await assert_group_gone(proxy.pid_dir)
+    finally:
+        kill_recorded(proxy.pid_dir)  # a failure must not leave the server stuck on them
 
 
 async def test_shutdown_leaves_no_process_of_any_group(
