@@ -65,11 +65,11 @@ async def hold_streams(stack: AsyncExitStack, client: httpx.AsyncClient, count: 
 async def test_limit_holds_when_a_grant_is_the_first_to_meet_the_empty_redis(
     tmp_path: Path, fast_fake: Path
 ) -> None:
-    # A lease TTL of a minute: no refresh runs during the test, so the grants themselves must
-    # notice that Redis lost its data and re-register the running turns first.
+    # A lease TTL of ten minutes: no refresh runs during the test, so the grants themselves
+    # must notice that Redis lost its data and re-register the running turns first.
     redis = await RedisServer(tmp_path).start()
     try:
-        async with replicas(tmp_path, fast_fake, 1, **env(redis, 60_000)) as (server,):
+        async with replicas(tmp_path, fast_fake, 1, **env(redis, 600_000)) as (server,):
             async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
                 async with AsyncExitStack() as stack:
                     await hold_streams(stack, client, LIMIT)
@@ -94,7 +94,8 @@ async def test_limit_holds_across_replicas_through_their_refreshers(
 ) -> None:
     redis = await RedisServer(tmp_path).start()
     try:
-        async with replicas(tmp_path, fast_fake, 2, **env(redis, 1500)) as (one, two):
+        # Refreshes every 2 s; a lease would only lapse if a replica stalled for 6 s.
+        async with replicas(tmp_path, fast_fake, 2, **env(redis, 6000)) as (one, two):
             async with httpx.AsyncClient(base_url=one.base_url, timeout=30) as a, \
                     httpx.AsyncClient(base_url=two.base_url, timeout=30) as b:
                 async with AsyncExitStack() as stack:
