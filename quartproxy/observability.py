@@ -5,10 +5,11 @@
 * One record is one line, whatever a client puts in a path, a header or a model id: every
   formatter escapes what could end a line or fake one (see :func:`escape_text` and
   :func:`json_line`). A forged line in an access log is how attacks are hidden.
-* Usage records (and, in dev, the proto event log): NDJSON lines appended by a single writer
-  task in a worker thread, so a slow disk never stalls the event loop and concurrent requests
-  never interleave half lines (each line is one ``write`` on an ``O_APPEND`` descriptor, which
-  also keeps lines whole when several processes share the file).
+* Usage records (and, in dev, the proto event log): NDJSON lines (escaped like the logs, see
+  :func:`json_line`) appended by a single writer task in a worker thread, so a slow disk never
+  stalls the event loop and concurrent requests never interleave half lines (each line is one
+  ``write`` on an ``O_APPEND`` descriptor, which also keeps lines whole when several processes
+  share the file).
 * Metrics: prometheus_client, because its text exposition format and histogram maths are not
   ours to reinvent; each app gets its own registry so tests can run several apps in one process.
 """
@@ -172,7 +173,7 @@ class NdjsonLog:
 
     def record(self, fields: dict[str, Any]) -> None:
         try:
-            self._send.send_nowait(orjson.dumps(fields) + b"\n")
+            self._send.send_nowait(json_line(fields).encode() + b"\n")
         except trio.WouldBlock:
             self.dropped += 1
         except (trio.ClosedResourceError, trio.BrokenResourceError):

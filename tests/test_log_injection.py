@@ -19,6 +19,7 @@ from quartproxy.observability import (
     AccessJsonFormatter,
     AccessTextFormatter,
     JsonFormatter,
+    NdjsonLog,
     TextFormatter,
     escape_text,
 )
@@ -134,3 +135,17 @@ async def test_forged_path_and_agent_over_http(tmp_path: Path, fast_fake: Path, 
         assert record["ua"] == "ua\x85\xe2tail"
     else:
         assert "/x\\x0a2099-01-01T00:00:00Z forged\\x0d\\x85\\u2028end" in ours[0]
+
+
+async def test_usage_and_proto_records_are_one_line_each(tmp_path: Path) -> None:
+    log = NdjsonLog(tmp_path / "usage.ndjson")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run)
+        log.record({"user_agent": "ua\u2028\x85forged", "model": "codex-5"})
+        log.record_line("req1", "answer line\u2028separator \u2029 para".encode())
+        log.close()
+    text = (tmp_path / "usage.ndjson").read_text("utf-8")
+    lines = text.splitlines()  # str.splitlines: breaks at U+2028, U+2029 and NEL too
+    assert len(lines) == 2
+    assert orjson.loads(lines[0])["user_agent"] == "ua\u2028\x85forged"
+    assert orjson.loads(lines[1])["line"] == "answer line\u2028separator \u2029 para"
