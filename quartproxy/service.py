@@ -125,6 +125,10 @@ class CompletionService:
             admission_span.set("quartproxy.admission.before", admitted.before)
         exchange.admission = admitted
         slot = admitted.slot
+        if self.lifecycle.is_draining:  # the drain began while this request waited for a slot
+            await slot.release()
+            exchange.outcome = "shutdown"
+            raise errors.shutting_down()
         exchange.cleanups.append(slot.release)  # until the relay owns the slot
         completion = Completion(
             stream=req.stream, prompt_chars=len(req.prompt), max_tokens=req.max_tokens,
