@@ -157,7 +157,7 @@ class Settings(BaseSettings):
         description="app-server: long-lived `codex app-server` worker processes",
     )
     worker_max_turns: int = _env(
-        "PROXY_WORKER_MAX_TURNS", default=16, ge=1, le=1024,
+        "PROXY_WORKER_MAX_TURNS", default=8, ge=1, le=1024,
         description="app-server: turns one worker carries at once",
     )
     worker_max_requests: int = _env(
