@@ -70,7 +70,7 @@ class Proxy:
         return self.app.state
 
     def client(self, **kwargs: Any) -> httpx.AsyncClient:
-        kwargs.setdefault("timeout", 30)
+        kwargs.setdefault("timeout", 120)  # a hang guard, not a speed requirement
         return httpx.AsyncClient(base_url=self.base_url, **kwargs)
 
     def pids(self) -> list[int]:

@@ -74,8 +74,12 @@ class ServerProcess:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
         assert self.process.stderr is not None and self.process.stdout is not None
-        with trio.fail_after(120):
-            await _read_until(self.process.stderr, b"quartproxy: serving on", self.stderr)
+        try:
+            with trio.fail_after(300):  # hang guard: a loaded machine imports slowly
+                await _read_until(self.process.stderr, b"quartproxy: serving on", self.stderr)
+        except RuntimeError as exc:
+            code = await self.process.wait()
+            raise RuntimeError(f"{exc} (exit code {code})") from None
         nursery.start_soon(self._drain, self.process.stderr, self.stderr)
         nursery.start_soon(self._drain, self.process.stdout, self.stdout)
         return self

@@ -23,7 +23,7 @@ def run_cli(
                           os.environ.get("PYTHONPATH", "")) if part)
     return subprocess.run(
         [sys.executable, "-m", "quartproxy", *args], env={**base, **(env or {})}, cwd=cwd,
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=300,  # hang guard: a loaded machine is slow
     )
 
 

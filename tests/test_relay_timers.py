@@ -552,6 +552,59 @@ async def test_earliest_deadline_wins_when_several_passed(
     assert (run.completion.text(), run.completion.finish_reason) == ("x", "length")
 
 
+class ChannelBackend:
+    """A turn fed from a memory channel by the test, one batch per send."""
+
+    capabilities = Capabilities(name="channel")
+
+    def __init__(self) -> None:
+        self.send, self.receive = trio.open_memory_channel[list[Event]](100)
+        self.diagnostics = TurnDiagnostics()
+        self.end = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+
+    def readiness(self) -> list[str]:
+        return []
+
+    @asynccontextmanager
+    async def open_turn(self, request: TurnRequest) -> AsyncIterator[Any]:
+        await trio.lowlevel.checkpoint()
+        yield self
+
+    def __aiter__(self) -> ChannelBackend:
+        return self
+
+    async def __anext__(self) -> list[Event]:
+        try:
+            return await self.receive.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_batch_delivered_as_the_deadline_passes_is_activity(
+    autojump_clock: trio.testing.MockClock, stream: bool
+) -> None:
+    """trio can hand a read its data and notice the deadline in the same loop iteration (a
+    stalled process: both happened while it was not running). The batch is activity: it moves
+    the idle deadline, and the stale cancellation must not end the turn (nor name a cause that
+    did not happen)."""
+    backend = ChannelBackend()
+
+    async def feed(relay: Relay, t0: float) -> None:
+        await backend.send.send([Delta("a")])
+        await trio.sleep_until(t0 + 2)
+        backend.send.send_nowait([Delta("b")])  # the relay now holds this batch...
+        autojump_clock.jump(5)  # ...and the idle deadline (t0 + 5) passes before it runs
+
+    run = await run_relay(backend, stream=stream, clock_timing=timing(idle=3), during=feed)
+    assert run.completion.end_cause is End.IDLE
+    assert run.decided_at == 7.0 + 3  # "b" was taken at 7: the idle deadline moved to 10
+    assert (run.completion.text(), run.completion.finish_reason) == ("ab", "length")
+
+
 # ============================================================================ CompletionService
 
 
