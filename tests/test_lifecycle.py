@@ -380,13 +380,19 @@ async def test_keepalive_comments(start_proxy: StartProxy) -> None:
 async def test_keepalive_opt_outs(start_proxy: StartProxy) -> None:
     proxy = await start_proxy(sse_keepalive_ms=50, stream_idle_timeout_ms=600)
     body = stream_body("SCENARIO=hang")
-    async with proxy.client() as client:
-        _, header_opt_out = await read_stream(client, "/v1/chat/completions", body,
-                                              headers={"X-No-Keepalive": "1"})
-        _, agent_opt_out = await read_stream(client, "/v1/chat/completions", body,
-                                             headers={"User-Agent": "Mozilla Electron/30"})
-        _, query_opt_out = await read_stream(client, "/v1/chat/completions?no_keepalive=1", body)
-    for raw in (header_opt_out, agent_opt_out, query_opt_out):
+    opt_outs = [("/v1/chat/completions", {"X-No-Keepalive": "1"}),
+                ("/v1/chat/completions", {"User-Agent": "Mozilla Electron/30"}),
+                ("/v1/chat/completions?no_keepalive=1", {})]
+    answers: list[bytes] = []
+    async with proxy.client() as client, trio.open_nursery() as nursery:
+        for path, headers in opt_outs:
+
+            async def one(path: str = path, headers: dict[str, str] = headers) -> None:
+                answers.append((await read_stream(client, path, body, headers=headers))[1])
+
+            nursery.start_soon(one)
+    assert len(answers) == 3
+    for raw in answers:
         assert not [f for f in contract.parse_sse(raw) if f.kind == "comment"]
         checked(raw)
         assert error_frame(raw)["code"] == "idle_timeout"
