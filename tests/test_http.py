@@ -470,3 +470,10 @@ async def test_proto_event_log(start_proxy: StartProxy) -> None:
 
 async def test_no_proto_log_by_default(proxy: Proxy) -> None:
     assert proxy.state.proto_log is None
+
+
+async def test_double_slash_path_is_a_404_envelope_not_a_redirect(proxy: Proxy) -> None:
+    async with proxy.client() as client:
+        resp = await client.post("/v1//chat/completions", json=chat_body("hi"), headers=AUTH)
+    assert resp.status_code == 404
+    assert resp.json()["error"]["code"] == "not_found"

@@ -643,7 +643,7 @@ async def test_redis_restart_keeps_the_shared_limit(tmp_path: Path, fast_fake: P
 
             async def conc(server: ServerProcess) -> dict[str, Any]:
                 async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
-                    doc: dict[str, Any] = (await client.get("/__test/conc")).json()
+                    doc: dict[str, Any] = (await client.get("/__test/conc", headers=AUTH)).json()
                     return doc
 
             release = trio.Event()
