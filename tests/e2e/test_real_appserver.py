@@ -694,7 +694,7 @@ async def test_worker_memory_and_codex_home_stay_flat(
                 for target in (10, 100, 1000):
                     await batch(target - done)
                     await st.wait_for(lambda: not st.rollouts(), "threads left behind")
-                    await trio.sleep(1)  # let codex settle its sqlite files
+                    await trio.sleep(1)  # ok-sleep: let codex settle its sqlite files
                     figures[target] = (_rss_bytes(worker), _tree_bytes(st.codex_home, skip))
             shown = ", ".join(f"{n}: RSS {rss >> 20} MB, CODEX_HOME {disk >> 10} KB"
                               for n, (rss, disk) in figures.items())
