@@ -51,7 +51,8 @@ from .worker import RpcFailed, RpcTimeout, ThreadRoute, Worker, WorkerGone
 log = logging.getLogger("quartproxy.appserver")
 
 TOOLS_NEED = "Function calling (tools) needs codex 0.169.0 or later"
-ARCHIVE_PRUNE_INTERVAL_S = 60.0
+ARCHIVE_PRUNE_INTERVAL_S = 5.0
+ARCHIVE_KEEP_S = 2.0  # a file younger than this may still be being moved into the archive
 
 
 class BackendBusy(BackendUnavailable):
@@ -306,11 +307,13 @@ class AppServerBackend:
             self._notify()
 
     async def _prune_archive(self) -> None:
-        """0.100–0.139 cannot delete threads; archived rollouts are removed once a minute."""
+        """0.100–0.139 cannot delete threads: the proxy archives them and removes the archived
+        conversation files every few seconds (everything in that folder was archived by this
+        CODEX_HOME's workers, and none of it is ever read again)."""
         folder = Path(self.settings.codex_home) / "archived_sessions"
         while True:
             await trio.sleep(ARCHIVE_PRUNE_INTERVAL_S)
-            await trio.to_thread.run_sync(_prune_older_than, folder, ARCHIVE_PRUNE_INTERVAL_S)
+            await trio.to_thread.run_sync(_prune_older_than, folder, ARCHIVE_KEEP_S)
 
     # ------------------------------------------------------------------ turns
 
