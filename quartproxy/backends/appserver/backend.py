@@ -91,11 +91,14 @@ class AppServerBackend:
 
     def _make_capabilities(self) -> Capabilities:
         tools = self.features.dynamic_tools
-        reason = "" if tools else (
-            f"{TOOLS_NEED}; this server runs codex {self.version} (app-server backend)."
-        )
+        if self.settings.demo:  # the demo program stands in for codex: say so, not its version
+            version = "demo"
+            reason = f"{TOOLS_NEED}; this server runs the demo backend, which has none."
+        else:
+            version = str(self.version)
+            reason = f"{TOOLS_NEED}; this server runs codex {version} (app-server backend)."
         return Capabilities(
-            name="app-server", version=str(self.version), tools=tools, tools_reason=reason,
+            name="app-server", version=version, tools=tools, tools_reason="" if tools else reason,
             output_schema=True,
         )
 
