@@ -18,6 +18,14 @@ UPSTREAM = FIXTURES / "fake_responses_upstream.py"
 class Upstream:
     process: subprocess.Popen[str]
     port: int
+    log_path: Path
+
+    def stderr_tail(self, size: int = 3000) -> str:
+        """The end of the upstream's stderr, for a failure message."""
+        try:
+            return self.log_path.read_bytes()[-size:].decode(errors="replace")
+        except OSError:
+            return ""
 
     @property
     def base_url(self) -> str:

@@ -20,7 +20,8 @@ import signal
 import stat
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,14 +94,7 @@ def codex_launcher(request: pytest.FixtureRequest) -> tuple[str, Path]:
     return version, launcher
 
 
-# --------------------------------------------------------------------------- fake upstream
-
-
-
-
 # --------------------------------------------------------------------------- processes
-
-
 
 
 def codex_processes(codex_home: Path) -> dict[int, list[str]]:
@@ -156,6 +150,25 @@ class Stack:
             log = self.server.stderr.decode(errors="replace")[-4000:]
             processes = codex_processes(self.codex_home)
             raise AssertionError(f"{what}; codex processes: {processes}; proxy log:\n{log}")
+
+    @contextmanager
+    def deadline(self, seconds: float) -> Iterator[None]:
+        """``trio.fail_after``, but a hang fails with what the proxy and the upstream saw."""
+        try:
+            with trio.fail_after(seconds):
+                yield
+        except trio.TooSlowError:
+            raise AssertionError(f"no outcome within {seconds} s\n{self.diagnostics()}") from None
+
+    def diagnostics(self) -> str:
+        log = self.server.stderr.decode(errors="replace")[-6000:]
+        try:
+            seen = json.dumps(self.upstream.requests(""))[-3000:]
+        except (httpx.HTTPError, OSError) as exc:
+            seen = f"(upstream unreachable: {exc!r})"
+        return (f"codex processes: {codex_processes(self.codex_home)}\n"
+                f"upstream requests: {seen}\nupstream stderr:\n{self.upstream.stderr_tail()}\n"
+                f"proxy log:\n{log}")
 
     async def ready(self) -> dict[str, Any]:
         async def probe() -> httpx.Response:
@@ -252,7 +265,7 @@ def usage_records(st: Stack) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("legacy", [False, True], ids=["chat", "completions"])
 async def test_non_stream_real_text_and_usage(stack: Stack, legacy: bool) -> None:
     run, prompt = tagged("normal")
-    with trio.fail_after(60):
+    with stack.deadline(60):
         if legacy:
             resp = await stack.client.post("/v1/completions", headers=AUTH,
                                            json={"model": "codex-5", "prompt": prompt})
@@ -278,7 +291,7 @@ async def test_non_stream_real_text_and_usage(stack: Stack, legacy: bool) -> Non
 
 async def test_stream_with_usage(stack: Stack) -> None:
     run, prompt = tagged("normal")
-    with trio.fail_after(60):
+    with stack.deadline(60):
         resp, raw = await read_stream(stack.client, "/v1/chat/completions", chat(
             prompt, stream=True, stream_options={"include_usage": True}))
     assert resp.status_code == 200
@@ -295,7 +308,7 @@ async def test_conversation_goes_in_as_instructions_and_history(stack: Stack) ->
         {"role": "assistant", "content": "First answer"},
         {"role": "user", "content": prompt},
     ]
-    with trio.fail_after(60):
+    with stack.deadline(60):
         resp = await stack.client.post("/v1/chat/completions", headers=AUTH,
                                        json={"model": "codex-5", "messages": messages})
     assert resp.status_code == 200, resp.text
@@ -315,7 +328,7 @@ async def test_conversation_goes_in_as_instructions_and_history(stack: Stack) ->
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 async def test_drop_once_is_retried_without_duplicated_text(stack: Stack, stream: bool) -> None:
     run, prompt = tagged("drop_once")
-    with trio.fail_after(60):
+    with stack.deadline(60):
         if stream:
             _, raw = await read_stream(stack.client, "/v1/chat/completions", chat(
                 prompt, stream=True, stream_options={"include_usage": True}))
@@ -335,7 +348,7 @@ async def test_drop_once_is_retried_without_duplicated_text(stack: Stack, stream
 
 async def test_upstream_429_usage_limit(stack: Stack) -> None:
     _, prompt = tagged("usage_limit")
-    with trio.fail_after(60):
+    with stack.deadline(60):
         resp = await stack.client.post("/v1/chat/completions", headers=AUTH, json=chat(prompt))
         _, raw = await read_stream(stack.client, "/v1/chat/completions",
                                    chat(prompt, stream=True))
@@ -386,7 +399,7 @@ async def test_eight_concurrent_requests_on_one_worker(
 async def test_disconnect_mid_stream_deletes_the_thread(stack: Stack) -> None:
     _, prompt = tagged("slow")
     workers = native_workers(stack.codex_home)
-    with trio.fail_after(60):
+    with stack.deadline(60):
         async with stack.client.stream("POST", "/v1/chat/completions", headers=AUTH,
                                        json=chat(prompt, stream=True)) as resp:
             seen = b""
@@ -399,7 +412,7 @@ async def test_disconnect_mid_stream_deletes_the_thread(stack: Stack) -> None:
     # The worker stays healthy: same processes, and the next request is answered.
     assert native_workers(stack.codex_home) == workers
     _run, prompt = tagged("normal")
-    with trio.fail_after(60):
+    with stack.deadline(60):
         resp = await stack.client.post("/v1/chat/completions", headers=AUTH, json=chat(prompt))
     assert resp.status_code == 200 and resp.json()["usage"] == REAL_USAGE
     records = usage_records(stack)
@@ -415,7 +428,7 @@ async def test_sigterm_with_open_streams(stack: Stack) -> None:
             prompt, stream=True, stream_options={"include_usage": True}))
         raws.append(raw)
 
-    with trio.fail_after(90):
+    with stack.deadline(90):
         async with trio.open_nursery() as nursery:
             for _ in range(3):
                 nursery.start_soon(consume)
@@ -481,7 +494,7 @@ async def test_two_step_tool_loop(stack: Stack, stream: bool) -> None:
         assert resp.json()["error"]["code"] == "unsupported_parameter"
         assert resp.json()["error"]["param"] == "tools"
         return
-    with trio.fail_after(60):
+    with stack.deadline(60):
         if stream:
             _, raw = await read_stream(stack.client, "/v1/chat/completions", {
                 **body, "stream": True, "stream_options": {"include_usage": True}})
@@ -519,7 +532,7 @@ async def test_two_step_tool_loop(stack: Stack, stream: bool) -> None:
         {"role": "tool", "tool_call_id": tool_calls[0]["id"], "content": "sunny"},
         {"role": "tool", "tool_call_id": tool_calls[1]["id"], "content": "14:05"},
     ]
-    with trio.fail_after(60):
+    with stack.deadline(60):
         resp = await stack.client.post("/v1/chat/completions", headers=AUTH, json=follow)
     assert resp.status_code == 200, resp.text
     choice = resp.json()["choices"][0]
@@ -540,7 +553,7 @@ async def test_responses_api_with_real_usage(stack: Stack, stream: bool) -> None
 
     run, prompt = tagged("normal")
     body: dict[str, Any] = {"model": "codex-5", "input": prompt, "instructions": "Be brief."}
-    with trio.fail_after(60):
+    with stack.deadline(60):
         if stream:
             resp, raw = await read_stream(stack.client, "/v1/responses", {**body, "stream": True})
             assert resp.status_code == 200
@@ -615,7 +628,7 @@ async def test_openai_python_two_step_tool_loop(stack: Stack, stream: bool) -> N
         final = client.chat.completions.create(model="codex-5", messages=messages, tools=TOOLS)
         return tool_calls, final.choices[0].message.content
 
-    with trio.fail_after(120):
+    with stack.deadline(120):
         tool_calls, answer = await trio.to_thread.run_sync(loop)
     assert [c["function"]["name"] for c in tool_calls] == ["get_weather", "get_time"]
     assert answer == "Results: sunny; 14:05."
