@@ -55,7 +55,7 @@ class Server:
             **os.environ, "PROXY_API_KEY": KEY, "PORT": str(self.port), "CODEX_BIN": str(child),
             "CODEX_HOME": str(workdir / "home"), "PROXY_CODEX_WORKDIR": str(workdir / "work"),
             "TOKEN_LOG_PATH": str(workdir / "usage.ndjson"), "PROXY_MAX_CONCURRENCY": "0",
-            "PROXY_SSE_MAX_CONCURRENCY": "0", "PROXY_SSE_KEEPALIVE_MS": "0", **env,
+            "PROXY_SSE_MAX_CONCURRENCY": "0", "PROXY_SSE_KEEPALIVE_MS": "0", "PROXY_BACKEND": "proto", **env,
         }
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "quartproxy", "serve"], env=full_env, cwd=workdir,
