@@ -502,8 +502,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compare-pid", type=int, help="pid of --compare, for its memory")
     parser.add_argument("--real-codex", metavar="PATH",
                         help="measure the real codex (app-server) instead; see realcodex.py")
-    parser.add_argument("--caps", default="1,4,16",
+    parser.add_argument("--caps", default="1,4,8,16,32",
                         help="--real-codex: PROXY_WORKER_MAX_TURNS values to compare")
+    parser.add_argument("--workers", default="2",
+                        help="--real-codex: PROXY_WORKERS values to compare")
+    parser.add_argument("--keep-work", action="store_true",
+                        help="--real-codex: keep .bench-work (CODEX_HOME) for inspection")
     parser.add_argument("--requests", type=int, default=1000,
                         help="--real-codex: requests for the RSS/CODEX_HOME growth check")
     return parser.parse_args(argv)

@@ -133,9 +133,10 @@ class DirectClient:
     """A JSON-RPC client on one worker's pipes: one reader routes answers by id and
     notifications by threadId, like the proxy's worker does."""
 
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], *, cwd: str = "/") -> None:
         self.argv = argv
         self.env = env
+        self.cwd = cwd
         self.proc: trio.Process | None = None
         self._next = 0
         self._pending: dict[int, tuple[trio.Event, list[Any]]] = {}
@@ -146,7 +147,7 @@ class DirectClient:
     async def run(self, *, task_status: trio.TaskStatus[DirectClient]) -> None:
         self.proc = proc = await trio.lowlevel.open_process(
             self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self.env,
-            start_new_session=True,
+            stderr=subprocess.DEVNULL, start_new_session=True, cwd=self.cwd,
         )
         try:
             async with trio.open_nursery() as nursery:
@@ -222,7 +223,7 @@ class DirectClient:
 
     async def turn(self, *, wait: Callable[[_Thread], trio.Event]) -> _Thread:
         """thread/start → turn/start → ``wait`` → thread/delete (not awaited, as the proxy)."""
-        result = await self.call("thread/start", {"cwd": "/", "model": "gpt-5",
+        result = await self.call("thread/start", {"cwd": self.cwd, "model": "gpt-5",
                                                    "approvalPolicy": "never",
                                                    "sandbox": "read-only"})
         thread_id = result["thread"]["id"]
