@@ -63,6 +63,8 @@ def free_port() -> int:
 class Server:
     """``python -m quartproxy serve`` as a child, in front of a stand-in."""
 
+    ready_timeout_s = 60.0
+
     def __init__(self, program: Path, workdir: Path, **env: str) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -81,7 +83,7 @@ class Server:
             [sys.executable, "-m", "quartproxy", "serve"], env=full_env, cwd=workdir,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 break

@@ -113,12 +113,22 @@ class Connection:
         """Send ``raw`` and read the whole response. ``count`` is a marker whose occurrences in
         the body are counted; ``on_first`` runs when the first content arrives (a stream
         held open by the caller returns from there by raising)."""
-        stream = await self._connect()
         started = time.perf_counter()
-        await stream.send_all(raw)
-        buf = self.buf
-        while (end := buf.find(b"\r\n\r\n")) < 0:
-            await self._fill()
+        for attempt in (1, 2):
+            reused = self.stream is not None
+            stream = await self._connect()
+            buf = self.buf
+            try:
+                await stream.send_all(raw)
+                while (end := buf.find(b"\r\n\r\n")) < 0:
+                    await self._fill()
+                break
+            except (HttpError, trio.BrokenResourceError, OSError):
+                # The server closed an idle kept-alive connection just as the request went out
+                # (any client reconnects then); a fresh connection failing is a real error.
+                await self.aclose()
+                if not reused or buf or attempt == 2:
+                    raise
         head = bytes(buf[:end]).decode("latin-1").split("\r\n")
         del buf[: end + 4]
         status = int(head[0].split(" ", 2)[1])

@@ -124,6 +124,7 @@ async def per_process(codex: Path, home: Path, work: Path, count: int) -> tuple[
 
 
 async def main(args: argparse.Namespace) -> int:
+    Server.ready_timeout_s = 300.0  # real workers start slowly on a busy machine
     codex = await trio.Path(args.real_codex).absolute()
     base = ROOT / ".bench-work"
     upstream, upstream_url = start_upstream()
