@@ -79,10 +79,15 @@ class Server:
             "PROXY_MAX_CONCURRENCY": "0", "PROXY_SSE_MAX_CONCURRENCY": "0",
             "PROXY_SSE_KEEPALIVE_MS": "0", **env,
         }
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "quartproxy", "serve"], env=full_env, cwd=workdir,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
+        self.log_path = workdir / f"server-{self.port}.log"  # the JSON logs, for a failure
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                # Not `-m quartproxy serve`: a busy shared machine may have scripts that end
+                # stray test servers by that name.
+                [sys.executable, "-c", "from quartproxy.cli import main; main()", "serve"],
+                env=full_env, cwd=workdir,
+                stdout=log, stderr=subprocess.PIPE,
+            )
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -91,7 +96,8 @@ class Server:
                 return
             time.sleep(0.05)
         err = self.stop()
-        raise BenchError(f"server did not become ready: {err[-2000:]}")
+        logs = self.log_path.read_text(errors="replace")
+        raise BenchError(f"server did not become ready: {err[-2000:]}{logs[-2000:]}")
 
     def _ready(self) -> bool:
         try:

@@ -157,6 +157,8 @@ async def main(args: argparse.Namespace) -> int:
                        statistics.median(ms(s) for s in spawn_done), kind="time",
                        note="floor column: a process per request, spawn -> turn/completed"),
             ]
+            print(f"first content warm {statistics.median(warm):.1f} ms, per process "
+                  f"{ms(statistics.median(spawn_first)):.1f} ms", file=sys.stderr)
             raw = server.target.chat(False)
             _, replies = await run_load(server.target, raw, total=10, concurrency=2)
             check(replies, "real codex x10")
@@ -166,6 +168,7 @@ async def main(args: argparse.Namespace) -> int:
             check(replies, f"real codex x{total}")
             await trio.sleep(1)  # the last thread deletions
             rss_n, home_n = descendants_rss_kib(server.proc.pid), tree_size(home)
+            print(f"rss {rss10} -> {rss_n} KiB, home {home10} -> {home_n} B", file=sys.stderr)
             figures += [
                 Figure("real codex", f"worker RSS after 10 / after {total + 10} requests",
                        "KiB", rss_n, rss10, kind="time", target="within a few MB"),
@@ -178,7 +181,12 @@ async def main(args: argparse.Namespace) -> int:
                 inflight = workers * cap
                 env_cap = {**env, "PROXY_WORKERS": str(workers),
                            "PROXY_WORKER_MAX_TURNS": str(cap)}
-                with Server(codex, home.parent, **env_cap) as server:
+                try:
+                    server = Server(codex, home.parent, **env_cap)
+                except Exception as exc:  # report it, and go on with the other sizes
+                    print(f"{workers}x{cap}: {exc}", file=sys.stderr)
+                    continue
+                with server:
                     target = server.target
                     await run_load(target, target.chat(True), total=inflight, concurrency=inflight)
                     count = max(inflight * (2 if args.quick else 6), 12)
@@ -191,6 +199,7 @@ async def main(args: argparse.Namespace) -> int:
                         f"({inflight} in flight)", "turns/s", rate, None,
                         note=f"first content p50 {statistics.median(first):.0f} ms, "
                              f"p95 {statistics.quantiles(first, n=20)[-1]:.0f} ms"))
+                    print(figures[-1].name, f"{rate:.1f}", figures[-1].note, file=sys.stderr)
                     notes[f"{workers}x{cap}"] = {"turns_s": rate,
                                                  "first_p50_ms": statistics.median(first),
                                                  "first_p95_ms":
