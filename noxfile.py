@@ -81,7 +81,9 @@ def goldens(session: nox.Session) -> None:
 # ----------------------------------------------------------------------------- end-to-end
 # Not in the default set: they fetch npm packages (once, into .nox/cache) and take longer.
 
-E2E_CODEX_VERSIONS = ("0.36.0", "0.42.0")  # the captures' main target; the last with proto
+# proto: the captures' main target and the last release with `codex proto`; app-server: the
+# release everything is measured on, and one of the reduced range 0.100-0.139.
+E2E_CODEX_VERSIONS = ("0.36.0", "0.42.0", "0.169.0", "0.120.0")
 
 
 def _e2e_cache(name: str) -> str:
@@ -113,8 +115,9 @@ def _timed(session: nox.Session, label: str, started: float) -> None:
 
 @nox.session(python=PYTHON)
 def e2e(session: nox.Session) -> None:
-    """The proxy in front of the real Codex CLI (npm @openai/codex 0.36.0 and 0.42.0), talking
-    to fixtures/fake_responses_upstream.py. The codex packages are cached in .nox/cache/codex."""
+    """The proxy in front of the real Codex CLI from npm — proto (0.36.0, 0.42.0) and app-server
+    (0.169.0, 0.120.0) — talking to fixtures/fake_responses_upstream.py. The codex packages are
+    cached in .nox/cache/codex."""
     import os
     import time
 
@@ -132,9 +135,9 @@ def e2e(session: nox.Session) -> None:
                     "--loglevel=error", f"@openai/codex@{version}", external=True)
         _timed(session, f"npm install @openai/codex@{version}", t1)
     t2 = time.monotonic()
-    session.run("pytest", "-q", "tests/e2e/test_real_codex.py", *session.posargs,
-                env={"E2E_CODEX_ROOT": root})
-    _timed(session, "pytest tests/e2e/test_real_codex.py", t2)
+    session.run("pytest", "-q", "tests/e2e/test_real_codex.py", "tests/e2e/test_real_appserver.py",
+                *session.posargs, env={"E2E_CODEX_ROOT": root})
+    _timed(session, "pytest tests/e2e", t2)
     _timed(session, "e2e session", t0)
 
 

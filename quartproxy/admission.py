@@ -13,6 +13,14 @@ Rules kept here:
   If Redis cannot answer, admission falls back to per-process limits, says so loudly once,
   sets the ``quartproxy_redis_fallback`` gauge, and tries Redis again after a short backoff.
   A request never fails because Redis is down.
+* Redis must count every turn this process runs, whatever happened to Redis meanwhile. Every
+  slot has a lease id and this process keeps the set of its live slots; the whole set is
+  (re-)registered in Redis before the next grant or refresh whenever Redis's epoch marker
+  says its data is not the data this process registered in (a restart without persistence)
+  and whenever Redis answers again after an outage (slots granted locally meanwhile must
+  count too). A refresh that finds its lease missing puts it back. So after Redis loses its
+  data the limits hold at once for this process's own turns, and within a third of the lease
+  TTL for every replica's.
 """
 
 from __future__ import annotations
@@ -21,7 +29,9 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import trio
 
@@ -29,9 +39,10 @@ from . import errors
 from .config import Settings
 from .observability import Metrics
 from .ratelimit import RateLimiter, key_id
-from .redis_store import RedisStore, RedisUnavailable
+from .redis_store import EpochChanged, RedisStore, RedisUnavailable
 
 log = logging.getLogger("quartproxy.admission")
+T = TypeVar("T")
 
 REDIS_RETRY_S = 5.0
 QUEUE_POLL_MAX_S = 0.25
@@ -46,12 +57,13 @@ class Occupancy:
 class Slot:
     """One admitted request's hold on the limits."""
 
-    __slots__ = ("_admission", "lease", "released", "stream")
+    __slots__ = ("_admission", "in_redis", "lease", "released", "stream")
 
-    def __init__(self, admission: Admission, stream: bool, lease: str | None) -> None:
+    def __init__(self, admission: Admission, stream: bool, lease: str, in_redis: bool) -> None:
         self._admission = admission
         self.stream = stream
-        self.lease = lease  # set when the slot lives in Redis
+        self.lease = lease  # its member name in Redis's sets
+        self.in_redis = in_redis  # registered (and refreshed) in Redis
         self.released = trio.Event()
 
     async def release(self) -> None:
@@ -95,6 +107,10 @@ class Admission:
         self._nursery: trio.Nursery | None = None  # lease refreshers run here (see run)
         self._retry_at = 0.0
         self._changed = trio.Event()
+        self._slots: set[Slot] = set()  # every slot held now, granted by Redis or locally
+        self._epoch = ""  # Redis's epoch marker when this process last registered its slots
+        self._register_needed = True  # before the next grant or refresh (see the docstring)
+        self._register_lock = trio.Lock()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the nursery that Redis lease refreshers run in; check Redis once at start."""
@@ -168,19 +184,30 @@ class Admission:
         if self._local_block(stream) is not None:
             return None
         before = self.occupancy.streams if stream else self.occupancy.turns
+        return Admitted(self._hold(stream, uuid.uuid4().hex, in_redis=False), before,
+                        self.limit_for(stream))
+
+    def _hold(self, stream: bool, lease: str, *, in_redis: bool) -> Slot:
+        slot = Slot(self, stream, lease, in_redis)
+        self._slots.add(slot)
         self.occupancy.turns += 1
         if stream:
             self.occupancy.streams += 1
-        return Admitted(Slot(self, stream, None), before, self.limit_for(stream))
+        if in_redis and self._nursery is not None:
+            self._nursery.start_soon(self._maintain, slot)
+        return slot
 
     async def _try_redis(self, stream: bool) -> tuple[Admitted | None, str, int] | None:
         """Ask Redis; ``None`` when Redis is unusable (the caller falls back to local)."""
         assert self.redis is not None
         lease = uuid.uuid4().hex
+        redis = self.redis
         try:
-            granted, blocked, turns, streams = await self.redis.acquire(
-                lease, stream=stream, turn_limit=self.turn_limit,
-                stream_limit=self.stream_limit, ttl_ms=self.lease_ttl_ms,
+            granted, blocked, turns, streams = await self._in_epoch(
+                lambda: redis.acquire(
+                    lease, stream=stream, turn_limit=self.turn_limit,
+                    stream_limit=self.stream_limit, ttl_ms=self.lease_ttl_ms, epoch=self._epoch,
+                )
             )
         except RedisUnavailable as exc:
             self._degrade(exc)
@@ -189,13 +216,49 @@ class Admission:
         before = streams if stream else turns
         if not granted:
             return None, blocked, streams if blocked == "streams" else turns
-        slot = Slot(self, stream, lease)
-        self.occupancy.turns += 1
-        if stream:
-            self.occupancy.streams += 1
-        if self._nursery is not None:
-            self._nursery.start_soon(self._maintain, slot)
+        slot = self._hold(stream, lease, in_redis=True)
         return Admitted(slot, before, self.limit_for(stream)), "", before
+
+    async def _in_epoch(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run a grant or a refresh against the epoch this process registered its slots in,
+        registering them first whenever that is due (see the module docstring)."""
+        for attempt in range(3):
+            if self._register_needed:
+                await self._register()
+            try:
+                return await call()
+            except EpochChanged:
+                if attempt == 0:
+                    log.warning("Redis lost its data (restarted without persistence?): "
+                                "re-registering this process's %d running turn(s)",
+                                len(self._slots))
+                self._register_needed = True
+        raise RedisUnavailable("Redis's epoch marker keeps changing")
+
+    async def _register(self) -> None:
+        """Put every slot this process holds into Redis (see the module docstring)."""
+        assert self.redis is not None
+        async with self._register_lock:
+            if not self._register_needed:
+                return  # another task just did it
+            held = list(self._slots)
+            self._register_needed = False  # set again by whatever goes wrong from here on
+            try:
+                self._epoch = await self.redis.register(
+                    [(slot.lease, slot.stream) for slot in held], ttl_ms=self.lease_ttl_ms,
+                    candidate_epoch=uuid.uuid4().hex,
+                )
+            except BaseException:
+                self._register_needed = True
+                raise
+            for slot in held:
+                if slot.released.is_set():
+                    # Released while the script ran: its removal may have come first.
+                    await self.redis.release(slot.lease)
+                elif not slot.in_redis:
+                    slot.in_redis = True
+                    if self._nursery is not None:
+                        self._nursery.start_soon(self._maintain, slot)
 
     def _reject(self, blocked: str, before: int) -> None:
         limit = self.stream_limit if blocked == "streams" else self.turn_limit
@@ -204,12 +267,13 @@ class Admission:
         raise ConcurrencyRejected(blocked, limit, before)
 
     async def _release(self, slot: Slot) -> None:
+        self._slots.discard(slot)
         self.occupancy.turns -= 1
         if slot.stream:
             self.occupancy.streams -= 1
         self._changed.set()
         self._changed = trio.Event()
-        if slot.lease is not None and self.redis is not None:
+        if slot.in_redis and self.redis is not None:
             try:
                 await self.redis.release(slot.lease)
             except RedisUnavailable as exc:
@@ -217,8 +281,9 @@ class Admission:
                 log.warning("could not release Redis lease: %s", exc)
 
     async def _maintain(self, slot: Slot) -> None:
-        """Refresh the slot's lease while its turn runs."""
-        assert self.redis is not None and slot.lease is not None
+        """Refresh the slot's lease while its turn runs; put it back if Redis lost it."""
+        redis = self.redis
+        assert redis is not None
         period = self.lease_ttl_ms / 3000
         while True:
             with trio.move_on_after(period):
@@ -226,14 +291,17 @@ class Admission:
             if slot.released.is_set():
                 return
             try:
-                kept = await self.redis.refresh(slot.lease, stream=slot.stream,
-                                                ttl_ms=self.lease_ttl_ms)
+                readded = await self._in_epoch(
+                    lambda: redis.refresh(slot.lease, stream=slot.stream,
+                                          ttl_ms=self.lease_ttl_ms, epoch=self._epoch)
+                )
             except RedisUnavailable as exc:
                 self._degrade(exc)
                 continue
-            if not kept:
-                log.warning("Redis lease %s expired while its turn was running", slot.lease)
-                return
+            self._recovered()
+            if readded:
+                log.warning("Redis lease %s had expired while its turn was running; re-added",
+                            slot.lease)
 
     async def shared_counts(self) -> Occupancy:
         if self.redis is not None and self._redis_usable():
@@ -283,6 +351,7 @@ class Admission:
 
     def _degrade(self, exc: Exception) -> None:
         self._retry_at = trio.current_time() + REDIS_RETRY_S
+        self._register_needed = True  # slots granted meanwhile are local only
         if not self.degraded:
             self.degraded = True
             log.error(

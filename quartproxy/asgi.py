@@ -11,7 +11,11 @@ and its helpers in it with ``nursery.start``. Consequences, all deliberate:
   finished" heuristics;
 * the access log is written once, after the nursery has exited, with the real final status;
 * the last send of a response is shielded: Hypercorn closes or recycles the connection inside
-  it, and must not be cancelled half-way by the disconnect that this very close announces.
+  it, and must not be cancelled half-way by the disconnect that this very close announces
+  (a half-done close leaves the socket open until the graceful timeout of a draining server;
+  a half-done recycle leaves a keep-alive connection without its idle timeout). Completing
+  the recycle means a keep-alive connection now waits for its next request; when the client
+  closes it instead, :mod:`quartproxy.connections` ends it at once.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from .tracing import NO_SPAN, Span
 
 log = logging.getLogger("quartproxy.asgi")
 
-REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")  # whole value: fullmatch only
 # Upper bound for the shielded last send of a response (see ExchangeConnection).
 FINAL_SEND_TIMEOUT_S = 5.0
 
@@ -105,12 +109,20 @@ def _header(scope: Any, name: bytes) -> str | None:
     return None
 
 
+def request_id_for(supplied: str | None) -> str:
+    """The client's ``X-Request-Id`` if it is a safe token (it is logged and echoed), else a
+    fresh one."""
+    if supplied is not None and REQUEST_ID_RE.fullmatch(supplied):
+        return supplied
+    return uuid.uuid4().hex
+
+
 class ExchangeConnection(TrioASGIHTTPConnection):
     async def __call__(self, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         scope = self.scope
         supplied = _header(scope, b"x-request-id")
         exchange = Exchange(
-            request_id=supplied if supplied and REQUEST_ID_RE.match(supplied) else uuid.uuid4().hex,
+            request_id=request_id_for(supplied),
             method=scope.get("method", "GET"),
             path=scope.get("path", "/"),
             user_agent=(_header(scope, b"user-agent") or "")[:200],

@@ -48,12 +48,10 @@ TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 DEFAULT_CODEX_HOME = "./.codex-api"
 DEFAULT_BACKUP_DIR = "./backups"
 
-_ARCHIVE_RE = re.compile(
-    r"^"
-    + re.escape(ARCHIVE_PREFIX)
+_ARCHIVE_RE = re.compile(  # a whole file name: fullmatch only (``$`` allows a trailing newline)
+    re.escape(ARCHIVE_PREFIX)
     + r"(?P<ts>\d{8}T\d{6}Z)(?:-(?P<seq>[1-9]\d*))?"
     + re.escape(ARCHIVE_SUFFIX)
-    + r"$"
 )
 _CHUNK = 1024 * 1024
 # tarfile's extraction filters (PEP 706) exist from Python 3.11.4 on; Debian 12's python3 is
@@ -109,7 +107,7 @@ def archive_name(created: dt.datetime, seq: int = 0) -> str:
 
 
 def parse_archive_name(name: str) -> tuple[dt.datetime, int] | None:
-    match = _ARCHIVE_RE.match(name)
+    match = _ARCHIVE_RE.fullmatch(name)
     if match is None:
         return None
     try:

@@ -140,8 +140,11 @@ def _retry_diverged() -> ApiError:
     )
 
 
-def error_for_kind(kind: ErrorKind, message: str) -> ApiError:
-    """The client's error for a codex failure with no answer text (rule 9)."""
+def error_for_kind(kind: ErrorKind, message: str, prompt_param: str = "messages") -> ApiError:
+    """The client's error for a codex failure with no answer text (rule 9).
+
+    ``prompt_param`` is the request field a context-window overflow blames: ``messages``,
+    ``prompt`` (legacy completions) or ``input`` (Responses), as the prompt-size guard does."""
     shown = backend_message(message)
     if kind is ErrorKind.USAGE_LIMIT:
         return ApiError(429, shown, "insufficient_quota", "insufficient_quota")
@@ -150,7 +153,7 @@ def error_for_kind(kind: ErrorKind, message: str) -> ApiError:
                         headers={"Retry-After": "1"})
     if kind is ErrorKind.CONTEXT_WINDOW:
         return ApiError(400, shown, "invalid_request_error", "context_length_exceeded",
-                        "messages")
+                        prompt_param)
     return errors.backend_error(shown)
 
 
@@ -193,8 +196,10 @@ class Completion:
         max_tokens: int | None = None,
         tools: ToolPolicy | None = None,
         parallel_calls: bool = True,
+        prompt_param: str = "messages",
     ) -> None:
         self.stream = stream
+        self.prompt_param = prompt_param
         self.tools = tools if tools is not None and tools.active else None
         self._gate = ToolBlockGate() if self.tools is not None else None
         self._released: list[str] = []  # what passed the tool-block gate
@@ -301,7 +306,8 @@ class Completion:
             self._new_attempt()
         elif isinstance(event, Error):
             self.backend_error_text = event.message
-            self._terminate_with_text_or(out, error_for_kind(event.kind, event.message))
+            self._terminate_with_text_or(
+                out, error_for_kind(event.kind, event.message, self.prompt_param))
         elif isinstance(event, TaskComplete):
             if self._replay is not None:
                 # The retry ended before repeating everything already streamed: it diverged.

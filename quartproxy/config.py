@@ -17,8 +17,10 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
-PROVIDER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Whole-string patterns, always applied with ``fullmatch``: ``match`` with ``$`` would accept a
+# trailing newline (``CODEX_MODEL=$'gpt-5\n'``), and codex would be given that id.
+MODEL_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+PROVIDER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class SettingsError(Exception):
@@ -155,7 +157,7 @@ class Settings(BaseSettings):
         description="app-server: long-lived `codex app-server` worker processes",
     )
     worker_max_turns: int = _env(
-        "PROXY_WORKER_MAX_TURNS", default=16, ge=1, le=1024,
+        "PROXY_WORKER_MAX_TURNS", default=8, ge=1, le=1024,
         description="app-server: turns one worker carries at once",
     )
     worker_max_requests: int = _env(
@@ -253,21 +255,21 @@ class Settings(BaseSettings):
     @classmethod
     def _check_extra_models(cls, value: str) -> str:
         for model in _split(value):
-            if not MODEL_ID_RE.match(model):
+            if not MODEL_ID_RE.fullmatch(model):
                 raise ValueError(f"model id {model!r} must match {MODEL_ID_RE.pattern}")
         return value
 
     @field_validator("codex_model")
     @classmethod
     def _check_codex_model(cls, value: str) -> str:
-        if not MODEL_ID_RE.match(value):
+        if not MODEL_ID_RE.fullmatch(value):
             raise ValueError(f"must match {MODEL_ID_RE.pattern}")
         return value
 
     @field_validator("force_provider")
     @classmethod
     def _check_provider(cls, value: str) -> str:
-        if value and not PROVIDER_RE.match(value):
+        if value and not PROVIDER_RE.fullmatch(value):
             raise ValueError(f"must match {PROVIDER_RE.pattern}")
         return value
 

@@ -11,7 +11,8 @@ hooks, the response object — cost about as much CPU as the proxy's own work fo
 * an :class:`~quartproxy.errors.ApiError` becomes its envelope, anything unexpected is logged
   and becomes the 500 envelope;
 * every response gets the test-only ``X-Conc-*`` headers (``PROXY_TEST_ENDPOINTS``), the CORS
-  headers and ``X-Request-Id`` — the order Quart's after-request hooks gave them;
+  headers, ``X-Request-Id`` and, while the server drains, ``Connection: close`` on HTTP/1 —
+  the order Quart's after-request hooks gave them;
 * once the body has been read, a disconnect cancels the request's nursery (as quart-trio does),
   and after the last byte is sent the nursery is cancelled too, so helpers waiting for a
   disconnect do not hold the request open.
@@ -61,6 +62,10 @@ class AsgiInbound:
         self._args: dict[str, str] | None = None
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
+
+    @property
+    def http_version(self) -> str:
+        return str(self._scope.get("http_version", "1.1"))
 
     def _header_map(self) -> dict[str, str]:
         if self._headers is None:
@@ -178,6 +183,9 @@ class DirectRoutes:
             headers = headers + conc_headers(exchange)
         headers = headers + cors_headers(self.state.settings, self.origins, http)
         headers.append(("X-Request-Id", exchange.request_id))
+        if self.state.lifecycle.is_draining and http.http_version in ("1.0", "1.1"):
+            # As the Quart path's after-request hook: keep-alive clients reconnect elsewhere.
+            headers.append(("Connection", "close"))
         await send({
             "type": "http.response.start",
             "status": answer.status,

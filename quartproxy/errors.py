@@ -117,10 +117,14 @@ def backend_unavailable(message: str) -> ApiError:
     return ApiError(503, message, "server_error", "backend_unavailable")
 
 
+# A draining replica will not take the request back: retry soon, through the load balancer.
+SHUTDOWN_RETRY_AFTER_S = 1
+
+
 def shutting_down() -> ApiError:
     return ApiError(
         503, "The server is shutting down; retry on another instance.", "server_error",
-        "shutting_down",
+        "shutting_down", headers={"Retry-After": str(SHUTDOWN_RETRY_AFTER_S)},
     )
 
 

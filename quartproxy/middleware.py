@@ -126,6 +126,9 @@ def install(app: ProxyApp, settings: Settings) -> None:
         for key, value in httpio.cors_headers(settings, origins, QUART_INBOUND):
             response.headers[key] = value
         response.headers["X-Request-Id"] = current_exchange().request_id
+        if state().lifecycle.is_draining and request.http_version in ("1.0", "1.1"):
+            # Keep-alive clients reconnect, through the load balancer, to a replica that stays.
+            response.headers["Connection"] = "close"
         return response
 
     @app.errorhandler(ApiError)

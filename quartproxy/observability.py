@@ -2,10 +2,14 @@
 
 * Access log: one line per finished or aborted HTTP request on stdout (JSON by default), never
   the key, never the prompt.
-* Usage records (and, in dev, the proto event log): NDJSON lines appended by a single writer
-  task in a worker thread, so a slow disk never stalls the event loop and concurrent requests
-  never interleave half lines (each line is one ``write`` on an ``O_APPEND`` descriptor, which
-  also keeps lines whole when several processes share the file).
+* One record is one line, whatever a client puts in a path, a header or a model id: every
+  formatter escapes what could end a line or fake one (see :func:`escape_text` and
+  :func:`json_line`). A forged line in an access log is how attacks are hidden.
+* Usage records (and, in dev, the proto event log): NDJSON lines (escaped like the logs, see
+  :func:`json_line`) appended by a single writer task in a worker thread, so a slow disk never
+  stalls the event loop and concurrent requests never interleave half lines (each line is one
+  ``write`` on an ``O_APPEND`` descriptor, which also keeps lines whole when several processes
+  share the file).
 * Metrics: prometheus_client, because its text exposition format and histogram maths are not
   ours to reinvent; each app gets its own registry so tests can run several apps in one process.
   Every label has a bounded set of values: routes are the app's rules, models are the ids the
@@ -39,6 +43,51 @@ access_logger = logging.getLogger("quartproxy.access")
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
+def escape_text(value: str, *, quoted: bool = False) -> str:
+    """``value`` for a plain-text log line: every character that is not printable (controls,
+    line and paragraph separators, bidi overrides) becomes an escape, so what a client sent
+    cannot break the line or visually reorder it. ``quoted`` also escapes backslash and double
+    quote, for values shown inside a quoted field."""
+    specials = '\\"' if quoted else ""
+    if value.isprintable() and not any(char in value for char in specials):
+        return value
+    out: list[str] = []
+    for char in value:
+        if char in specials:
+            out.append("\\" + char)
+        elif char.isprintable():
+            out.append(char)
+        elif ord(char) < 0x100:
+            out.append(f"\\x{ord(char):02x}")
+        elif ord(char) < 0x10000:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(f"\\U{ord(char):08x}")
+    return "".join(out)
+
+
+def json_line(payload: Any) -> str:
+    """One JSON record on one line. orjson escapes C0 controls; DEL, C1 controls (NEL), the
+    line and paragraph separators and bidi overrides are legal raw in JSON but break
+    line-oriented readers (``str.splitlines``, some shippers) or reorder what a terminal shows,
+    so every non-printable character is escaped as ``\\uXXXX`` too. The decoded values are
+    unchanged: this only picks another spelling inside JSON strings."""
+    text = orjson.dumps(payload, default=str).decode()
+    if text.isprintable():
+        return text
+    out: list[str] = []
+    for char in text:
+        code = ord(char)
+        if char.isprintable():
+            out.append(char)
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:  # a surrogate pair, as JSON spells characters beyond the BMP
+            code -= 0x10000
+            out.append(f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}")
+    return "".join(out)
+
+
 def utc_now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -56,18 +105,42 @@ class JsonFormatter(logging.Formatter):
                 payload[key] = value
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(payload, default=str).decode()
+        return json_line(payload)
+
+
+class TextFormatter(logging.Formatter):
+    """The app log in text form: the message is escaped to one line; a traceback keeps its
+    lines, each indented, so no line of it can pass for a record of its own."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_text(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        return _indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(super().formatStack(stack_info))
+
+
+def _indented(text: str) -> str:
+    return "\n".join("    " + escape_text(line) for line in text.splitlines())
 
 
 class AccessJsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        fields = getattr(record, "fields", {})
-        return orjson.dumps(fields, default=str).decode()
+        return json_line(getattr(record, "fields", {}))
 
 
 class AccessTextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        f: Mapping[str, Any] = getattr(record, "fields", {})
+        f: Mapping[str, Any] = {
+            key: escape_text(value, quoted=True) if isinstance(value, str) else value
+            for key, value in getattr(record, "fields", {}).items()
+        }
         return (
             f'{f.get("ts")} {f.get("req_id")} "{f.get("method")} {f.get("route")}" '
             f'{f.get("status")} {f.get("dur_ms")}ms stream={f.get("stream")} '
@@ -82,10 +155,7 @@ def configure_logging(*, fmt: str, verbose: bool) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     root.propagate = False
     err = logging.StreamHandler(sys.stderr)
-    err.setFormatter(
-        JsonFormatter() if fmt == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
+    err.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root.addHandler(err)
     access_logger.handlers.clear()
     access_logger.propagate = False
@@ -114,7 +184,7 @@ class NdjsonLog:
 
     def record(self, fields: dict[str, Any]) -> None:
         try:
-            self._send.send_nowait(orjson.dumps(fields) + b"\n")
+            self._send.send_nowait(json_line(fields).encode() + b"\n")
         except trio.WouldBlock:
             self.dropped += 1
         except (trio.ClosedResourceError, trio.BrokenResourceError):

@@ -1,14 +1,21 @@
 """Running the app under Hypercorn's trio worker, and graceful shutdown.
 
-Shutdown is trio cancellation driven by two events on :class:`~quartproxy.lifecycle.Lifecycle`:
+Shutdown is trio cancellation driven by two events on :class:`~quartproxy.lifecycle.Lifecycle`.
+The timeline of a drain (``PROXY_SHUTDOWN_GRACE_MS``, default 10 s):
 
-1. first SIGTERM/SIGINT: ``draining`` is set (``/readyz`` 503, new completions 503) and Hypercorn's
-   shutdown trigger fires, so listeners close and idle keep-alive connections end;
-2. after ``PROXY_SHUTDOWN_GRACE_MS`` — or at once on a second signal — ``finalize_now`` is set:
-   every relay stops reading, writes its last frames (finish ``length``, usage, ``[DONE]``) and
-   reaps its child;
-3. Hypercorn's own ``graceful_timeout`` is set past that point (grace + child kill grace + a
-   margin), so it never cuts a response that is busy finishing.
+1. first SIGTERM/SIGINT: ``draining`` is set. The listener stays open, so a load balancer's
+   probes still get an answer: ``/readyz`` says 503 ``draining``, a new completion gets 503
+   ``shutting_down`` with ``Retry-After``, and every HTTP/1 response carries
+   ``Connection: close``, so keep-alive clients reconnect — through the balancer, to another
+   replica. In-flight turns run on undisturbed.
+2. when the last in-flight turn has ended — on its own, or finalized at step 3 — the listener
+   closes and Hypercorn ends idle keep-alive connections and waits for responses still being
+   written (``graceful_timeout``, the child kill grace plus a margin); the process exits 0.
+   A server with nothing in flight gets here at once.
+3. after the grace — or at once on a second signal — ``finalize_now`` is set: every relay stops
+   reading, writes its last frames (finish ``length``, usage, ``[DONE]``) and reaps its child
+   within the child kill grace, which ends the drain as in step 2. Should a turn not end even
+   then, the listener closes anyway once grace, kill grace and a margin have passed.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from .app import ProxyApp, create_app, proto_log_for
 from .backends import Backend, create_backend
 from .config import Settings
+from .connections import install as install_connection_fixes
 from .lifecycle import Lifecycle
 
 log = logging.getLogger("quartproxy.server")
@@ -37,9 +45,9 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
     config.bind = [f"[{host}]:{settings.port}" if ":" in host else f"{host}:{settings.port}"]
     config.accesslog = None  # we write our own access log with request ids and outcomes
     config.errorlog = logging.getLogger("quartproxy.hypercorn")
-    config.graceful_timeout = (
-        settings.shutdown_grace_ms + settings.child_kill_grace_ms
-    ) / 1000 + FLUSH_MARGIN_S
+    # Counted from the moment the listener closes, which is after every turn has ended (see the
+    # module docstring): what is left is writing the last bytes of responses.
+    config.graceful_timeout = settings.child_kill_grace_ms / 1000 + FLUSH_MARGIN_S
     config.keep_alive_timeout = 75
     config.h11_max_incomplete_size = 64 * 1024
     config.include_server_header = False
@@ -69,6 +77,7 @@ async def serve(
     app_ready: Callable[[ProxyApp], None] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    install_connection_fixes()
     lifecycle = lifecycle or Lifecycle()
     proto_log = proto_log_for(settings)
     backend = await create_backend(
@@ -79,9 +88,13 @@ async def serve(
         app_ready(app)
     config = hypercorn_config(settings)
     grace_s = settings.shutdown_grace_ms / 1000
+    drain_limit_s = grace_s + settings.child_kill_grace_ms / 1000 + FLUSH_MARGIN_S
 
     async def shutdown_trigger() -> None:
+        """Hypercorn closes the listener when this returns: once draining and nothing runs."""
         await lifecycle.draining.wait()
+        with trio.move_on_after(drain_limit_s):
+            await app.state.service.running.wait_value(0)
 
     async def grace_timer() -> None:
         await lifecycle.draining.wait()

@@ -125,10 +125,15 @@ class CompletionService:
             admission_span.set("quartproxy.admission.before", admitted.before)
         exchange.admission = admitted
         slot = admitted.slot
+        if self.lifecycle.is_draining:  # the drain began while this request waited for a slot
+            await slot.release()
+            exchange.outcome = "shutdown"
+            raise errors.shutting_down()
         exchange.cleanups.append(slot.release)  # until the relay owns the slot
         completion = Completion(
             stream=req.stream, prompt_chars=len(req.prompt), max_tokens=req.max_tokens,
             tools=self.tool_policy, parallel_calls=req.parallel_calls,
+            prompt_param=req.prompt_param,
         )
         clock = TurnClock(
             self.timing(req, keepalive_s), stream=req.stream, started_at=trio.current_time(),

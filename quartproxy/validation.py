@@ -1,12 +1,18 @@
 """Request bodies to :class:`CompletionRequest`, or a 400 that names the offending field.
 
 Validation is strict about the fields we honour (a wrong type is the client's bug and silently
-coercing it — ``"stream": "false"`` streaming, say — hides it) and lenient about everything else
-(OpenAI clients send many optional fields we have no use for).
+coercing it — ``"stream": "false"`` streaming, say — hides it) and about the *types* of every
+documented parameter, including the many that have no effect here (``temperature``, ``seed``,
+``logit_bias``...): a request OpenAI would answer with a 400 gets a 400 here too, naming the
+field, instead of a 200 that hides the client's bug until it meets the real API. The tables
+:data:`CHAT_PARAMS` and :data:`LEGACY_PARAMS` hold those types and OpenAI's documented ranges.
+Fields nobody documents are accepted and ignored (clients send many; the list keeps growing).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -54,6 +60,14 @@ class CompletionRequest:
     @property
     def parallel_calls(self) -> bool:
         return self.tools.parallel if self.tools is not None else True
+
+    @property
+    def prompt_param(self) -> str:
+        """The request field that carries the prompt, named by errors about its size."""
+        return PROMPT_PARAMS[self.kind]
+
+
+PROMPT_PARAMS = {"chat": "messages", "legacy": "prompt", "responses": "input"}
 
 
 def _optional_bool(body: dict[str, Any], name: str, param: str | None = None) -> bool:
@@ -260,6 +274,7 @@ def _common(
 def parse_chat(body: Any, catalog: ModelCatalog, *, max_prompt_tokens: int) -> CompletionRequest:
     if not isinstance(body, dict):
         raise errors.invalid("The request body must be a JSON object.")
+    check_params(body, CHAT_PARAMS)
     conversation = parse_messages(body.get("messages"))
     for legacy_field in ("functions", "function_call"):
         if body.get(legacy_field) is not None:
@@ -273,7 +288,7 @@ def parse_chat(body: Any, catalog: ModelCatalog, *, max_prompt_tokens: int) -> C
         check_history(conversation)
     request = _common(
         body, catalog, conversation, kind="chat", max_prompt=max_prompt_tokens,
-        prompt_param="messages",
+        prompt_param=PROMPT_PARAMS["chat"],
     )
     return replace(request, tools=tools) if tools is not None else request
 
@@ -281,6 +296,7 @@ def parse_chat(body: Any, catalog: ModelCatalog, *, max_prompt_tokens: int) -> C
 def parse_legacy(body: Any, catalog: ModelCatalog, *, max_prompt_tokens: int) -> CompletionRequest:
     if not isinstance(body, dict):
         raise errors.invalid("The request body must be a JSON object.")
+    check_params(body, LEGACY_PARAMS)
     raw = body.get("prompt")
     if isinstance(raw, str):
         text = raw
@@ -292,5 +308,211 @@ def parse_legacy(body: Any, catalog: ModelCatalog, *, max_prompt_tokens: int) ->
         raise errors.invalid("'prompt' must not be empty.", "prompt")
     return _common(
         body, catalog, Conversation((Item("user", text),)), kind="legacy",
-        max_prompt=max_prompt_tokens, prompt_param="prompt",
+        max_prompt=max_prompt_tokens, prompt_param=PROMPT_PARAMS["legacy"],
     )
+
+
+# ------------------------------------------------------------------------------ parameter types
+#
+# One check per documented parameter: ``check(value, param)`` raises a 400 that names ``param``
+# (or an element of it). ``null`` is always accepted — OpenAI reads it as "the default". The
+# checks look at types and shapes only; what a field means (tools, response_format) is the
+# business of the code that uses it.
+
+ParamCheck = Callable[[Any, str], None]
+_TOKEN_ID_RE = re.compile(r"[0-9]{1,10}")
+
+
+def _bad(param: str, expected: str) -> errors.ApiError:
+    return errors.invalid(f"'{param}' must be {expected}.", param)
+
+
+def is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _range_text(low: float | None, high: float | None) -> str:
+    if low is not None and high is not None:
+        return f" between {low:g} and {high:g}"
+    if low is not None:
+        return f" >= {low:g}"
+    if high is not None:
+        return f" <= {high:g}"
+    return ""
+
+
+def number(low: float | None = None, high: float | None = None) -> ParamCheck:
+    def check(value: Any, param: str) -> None:
+        if not is_number(value) or (low is not None and value < low) or (
+            high is not None and value > high
+        ):
+            raise _bad(param, "a number" + _range_text(low, high))
+
+    return check
+
+
+def integer(low: int | None = None, high: int | None = None) -> ParamCheck:
+    def check(value: Any, param: str) -> None:
+        if not is_integer(value) or (low is not None and value < low) or (
+            high is not None and value > high
+        ):
+            raise _bad(param, "an integer" + _range_text(low, high))
+
+    return check
+
+
+def boolean(value: Any, param: str) -> None:
+    if not isinstance(value, bool):
+        raise _bad(param, "a boolean")
+
+
+def string(value: Any, param: str) -> None:
+    if not isinstance(value, str):
+        raise _bad(param, "a string")
+
+
+def one_of(*choices: str) -> ParamCheck:
+    def check(value: Any, param: str) -> None:
+        if value not in choices:
+            raise _bad(param, "one of " + ", ".join(repr(choice) for choice in choices))
+
+    return check
+
+
+def obj(value: Any, param: str) -> None:
+    if not isinstance(value, dict):
+        raise _bad(param, "an object")
+
+
+def string_or_object(value: Any, param: str) -> None:
+    if not isinstance(value, str | dict):
+        raise _bad(param, "a string or an object")
+
+
+def array_of(item: ParamCheck, what: str, *, max_items: int | None = None) -> ParamCheck:
+    """An array whose elements pass ``item``; an element's error names ``param[index]``."""
+    limit = f" of at most {max_items}" if max_items is not None else ""
+
+    def check(value: Any, param: str) -> None:
+        if not isinstance(value, list) or (max_items is not None and len(value) > max_items):
+            raise _bad(param, f"an array{limit} {what}")
+        for index, element in enumerate(value):
+            item(element, f"{param}[{index}]")
+
+    return check
+
+
+def fields(**checks: ParamCheck) -> ParamCheck:
+    """An object whose listed members (when present and not null) pass their checks; a member's
+    error names ``param.member``. Other members are accepted."""
+
+    def check(value: Any, param: str) -> None:
+        obj(value, param)
+        for name, member in checks.items():
+            if value.get(name) is not None:
+                member(value[name], f"{param}.{name}")
+
+    return check
+
+
+def stop_sequences(value: Any, param: str) -> None:
+    if isinstance(value, str):
+        return
+    array_of(string, "strings", max_items=4)(value, param)
+
+
+def logit_bias(value: Any, param: str) -> None:
+    """Token ids (as JSON object keys) to a bias from -100 to 100."""
+    obj(value, param)
+    for key, bias in value.items():
+        if not _TOKEN_ID_RE.fullmatch(key):
+            raise errors.invalid(f"'{param}' keys must be token ids; got {key!r}.", param)
+        if not is_number(bias) or not -100 <= bias <= 100:
+            raise _bad(f"{param}.{key}", "a number between -100 and 100")
+
+
+def metadata(value: Any, param: str) -> None:
+    """Up to 16 string pairs; keys up to 64 characters, values up to 512."""
+    if not isinstance(value, dict) or len(value) > 16:
+        raise _bad(param, "an object of at most 16 string pairs")
+    for key, item in value.items():
+        if len(key) > 64:
+            raise errors.invalid(f"'{param}' keys must be at most 64 characters.", param)
+        if not isinstance(item, str) or len(item) > 512:
+            raise _bad(f"{param}.{key}", "a string of at most 512 characters")
+
+
+def response_format(value: Any, param: str) -> None:
+    obj(value, param)
+    kind = value.get("type")
+    one_of("text", "json_object", "json_schema")(kind, f"{param}.type")
+    if kind == "json_schema":
+        fields(name=string, description=string, schema=obj, strict=boolean)(
+            value.get("json_schema"), f"{param}.json_schema")
+
+
+# Shared by chat and legacy completions.
+_SAMPLING: dict[str, ParamCheck] = {
+    "model": string,
+    "stream": boolean,
+    "stream_options": fields(include_usage=boolean, include_obfuscation=boolean),
+    "temperature": number(0, 2),
+    "top_p": number(0, 1),
+    "n": integer(1, 128),
+    "presence_penalty": number(-2, 2),
+    "frequency_penalty": number(-2, 2),
+    "seed": integer(),
+    "stop": stop_sequences,
+    "logit_bias": logit_bias,
+    "max_tokens": integer(1),
+    "user": string,
+}
+
+CHAT_PARAMS: Mapping[str, ParamCheck] = {
+    **_SAMPLING,
+    "messages": array_of(obj, "objects"),
+    "max_completion_tokens": integer(1),
+    "logprobs": boolean,
+    "top_logprobs": integer(0, 20),
+    "response_format": response_format,
+    "tools": array_of(obj, "objects"),
+    "tool_choice": string_or_object,
+    "parallel_tool_calls": boolean,
+    "functions": array_of(obj, "objects"),
+    "function_call": string_or_object,
+    "metadata": metadata,
+    "store": boolean,
+    "service_tier": string,
+    "modalities": array_of(one_of("text", "audio"), "of 'text' and 'audio'"),
+    "audio": obj,
+    "prediction": fields(type=string),
+    "web_search_options": obj,
+    "reasoning_effort": string,
+    "reasoning": obj,
+    "prompt_cache_key": string,
+    "prompt_cache_retention": string,
+    "prompt_cache_options": obj,
+    "safety_identifier": string,
+    "verbosity": string,
+    "moderation": obj,
+}
+
+LEGACY_PARAMS: Mapping[str, ParamCheck] = {
+    **_SAMPLING,
+    "echo": boolean,
+    "suffix": string,
+    "best_of": integer(0, 20),
+    "logprobs": integer(0, 5),
+}
+
+
+def check_params(body: Mapping[str, Any], table: Mapping[str, ParamCheck]) -> None:
+    """400 for the first documented parameter whose value has the wrong type or range."""
+    for name, check in table.items():
+        value = body.get(name)
+        if value is not None:
+            check(value, name)

@@ -81,6 +81,11 @@ class Case:
         return GOLDENS_DIR / f"{self.name}{SUFFIX}"
 
     @property
+    def app_server(self) -> bool:
+        """Served by the app-server backend (a long-lived fake ``codex app-server`` worker)."""
+        return self.settings.get("backend") == "app-server"
+
+    @property
     def include_usage(self) -> bool:
         options = self.body.get("stream_options")
         return isinstance(options, dict) and options.get("include_usage") is True
@@ -185,6 +190,136 @@ CASES: tuple[Case, ...] = (
          _responses("hi", previous_response_id="resp_abc"),
          "Nothing is stored: previous_response_id is a 400 unsupported_parameter naming it.",
          path=RESPONSES),
+)
+
+# ---- the app-server backend: the same requests, one fake worker (fixtures/fake_app_server.py)
+
+APP = {"backend": "app-server", "workers": 1}
+
+APP_CASES: tuple[Case, ...] = (
+    Case("app_chat_json_minimal", "chat_json", _chat("hi"),
+         "App-server backend, minimal prompt, non-stream: the same body as chat_json_minimal.",
+         settings=APP),
+    Case("app_chat_stream_minimal", "chat_stream", _chat("hi", stream=True),
+         "App-server backend, stream without include_usage: the same frames as "
+         "chat_stream_minimal.", settings=APP),
+    Case("app_chat_stream_include_usage", "chat_stream",
+         _chat("hi", stream=True, stream_options=USAGE),
+         "App-server backend, include_usage: usage null on every chunk, then one usage chunk "
+         "(codex's counts from thread/tokenUsage/updated).", settings=APP),
+    Case("app_chat_json_codex_error", "error_json", _chat("SCENARIO=context_window"),
+         "App-server backend: the turn fails with codexErrorInfo contextWindowExceeded before "
+         "any text: 400 context_length_exceeded with codex's message.", settings=APP),
+    Case("app_chat_stream_codex_error", "chat_stream",
+         _chat("SCENARIO=context_window", stream=True, stream_options=USAGE),
+         "App-server backend, the same failure streamed: role chunk, one error frame, [DONE]; "
+         "no usage chunk (the context-window usage trap is not a count).", settings=APP),
+    Case("app_chat_stream_retry_replay", "chat_stream",
+         _chat("SCENARIO=retry_replay", stream=True, stream_options=USAGE),
+         "App-server backend: a visible retry (error willRetry) replays the answer under a new "
+         "item; the repeated prefix is not sent twice.", settings=APP),
+)
+
+# Function calling (app-server only): the fake calls the declared tools in order, with
+# arguments made from their schemas; the call ids are call_fake_<response>_<output index>.
+_WEATHER_PARAMS = {"type": "object", "properties": {
+    "city": {"type": "string"},
+    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}, "required": ["city"]}
+_TIME_PARAMS = {"type": "object", "properties": {"tz": {"type": "string"}}}
+CHAT_TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "Current weather.",
+                                      "parameters": _WEATHER_PARAMS}},
+    {"type": "function", "function": {"name": "get_time", "description": "Current time.",
+                                      "parameters": _TIME_PARAMS}},
+]
+RESPONSES_TOOLS = [
+    {"type": "function", "name": "get_weather", "description": "Current weather.",
+     "parameters": _WEATHER_PARAMS},
+    {"type": "function", "name": "get_time", "description": "Current time.",
+     "parameters": _TIME_PARAMS},
+]
+_ASK = "Weather and time in Paris?"
+_CALLS = (("call_fake_1_0", "get_weather", '{"city": "Paris", "unit": "celsius"}'),
+          ("call_fake_1_1", "get_time", '{"tz": "Europe/Paris"}'))
+_RESULTS = (("call_fake_1_0", "18C and sunny"), ("call_fake_1_1", "14:05"))
+CHAT_FOLLOW_UP = [
+    {"role": "user", "content": f"{_ASK} SCENARIO=tool_calls_parallel"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": call_id, "type": "function", "function": {"name": name, "arguments": args}}
+        for call_id, name, args in _CALLS]},
+    *({"role": "tool", "tool_call_id": call_id, "content": output}
+      for call_id, output in _RESULTS),
+]
+RESPONSES_FOLLOW_UP = [
+    {"role": "user", "content": f"{_ASK} SCENARIO=tool_calls_parallel"},
+    *({"type": "function_call", "call_id": call_id, "name": name, "arguments": args}
+      for call_id, name, args in _CALLS),
+    *({"type": "function_call_output", "call_id": call_id, "output": output}
+      for call_id, output in _RESULTS),
+]
+
+_TOOL_SCENARIOS = (
+    ("tool_call", "one call to the first declared tool (get_weather)"),
+    ("tool_calls_parallel", "two calls in one model response (get_weather, get_time)"),
+    ("text_then_call", "the text 'Let me check.' as a message, then one call"),
+)
+
+
+def _tool_cases() -> tuple[Case, ...]:
+    cases: list[Case] = []
+    for scenario, what in _TOOL_SCENARIOS:
+        prompt = f"{_ASK} SCENARIO={scenario}"
+        cases += [
+            Case(f"app_tools_{scenario}_chat_json", "chat_json",
+                 _chat(prompt, tools=CHAT_TOOLS),
+                 f"App-server function calling, {what}: message.tool_calls, finish_reason "
+                 "tool_calls; the turn ends at the end of the model response (codex waits for "
+                 "the results, which come in the next request).", settings=APP),
+            Case(f"app_tools_{scenario}_chat_stream", "chat_stream",
+                 _chat(prompt, tools=CHAT_TOOLS, stream=True, stream_options=USAGE),
+                 f"App-server function calling, {what}, streamed: each call as delta.tool_calls "
+                 "(index, id, type, name, then its arguments), finish tool_calls, usage.",
+                 settings=APP),
+            Case(f"app_tools_{scenario}_responses_json", "responses_json",
+                 _responses(prompt, tools=RESPONSES_TOOLS),
+                 f"App-server function calling through the Responses API, {what}: "
+                 "function_call output items (call_id, name, arguments), status completed.",
+                 path=RESPONSES, settings=APP),
+            Case(f"app_tools_{scenario}_responses_stream", "responses_stream",
+                 _responses(prompt, tools=RESPONSES_TOOLS, stream=True),
+                 f"App-server function calling through the Responses API, {what}, streamed: "
+                 "each function_call item added, its arguments delta/done, item done.",
+                 path=RESPONSES, settings=APP),
+        ]
+    cases += [
+        Case("app_tools_follow_up_chat_json", "chat_json",
+             _chat("", tools=CHAT_TOOLS) | {"messages": CHAT_FOLLOW_UP},
+             "The follow-up: the history carries the assistant's two tool calls and their "
+             "results (role tool); codex answers from them in text, finish stop.", settings=APP),
+        Case("app_tools_follow_up_chat_stream", "chat_stream",
+             _chat("", tools=CHAT_TOOLS, stream=True, stream_options=USAGE)
+             | {"messages": CHAT_FOLLOW_UP},
+             "The follow-up, streamed: the text answer from the tool results.", settings=APP),
+        Case("app_tools_follow_up_responses_json", "responses_json",
+             _responses("", tools=RESPONSES_TOOLS) | {"input": RESPONSES_FOLLOW_UP},
+             "The follow-up through the Responses API: function_call and function_call_output "
+             "input items; a completed message answers from the outputs.",
+             path=RESPONSES, settings=APP),
+        Case("app_tools_follow_up_responses_stream", "responses_stream",
+             _responses("", tools=RESPONSES_TOOLS, stream=True) | {"input": RESPONSES_FOLLOW_UP},
+             "The follow-up through the Responses API, streamed.", path=RESPONSES, settings=APP),
+    ]
+    return tuple(cases)
+
+
+CASES = CASES + APP_CASES + _tool_cases()
+
+# Requests that both backends must answer with the same bytes (after normalising).
+SAME_ON_BOTH_BACKENDS = (
+    ("chat_json_minimal", "app_chat_json_minimal"),
+    ("chat_stream_minimal", "app_chat_stream_minimal"),
+    ("chat_stream_include_usage", "app_chat_stream_include_usage"),
+    ("chat_stream_retry_replay", "app_chat_stream_retry_replay"),
 )
 
 CASES_BY_NAME = {case.name: case for case in CASES}

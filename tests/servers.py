@@ -118,8 +118,8 @@ def redis_server_binary() -> str:
 
 
 class RedisServer:
-    def __init__(self, tmp: Path) -> None:
-        self.port = free_port()
+    def __init__(self, tmp: Path, port: int | None = None) -> None:
+        self.port = port or free_port()  # a port: a restart of an earlier server (no data)
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.tmp = tmp
         self.process: trio.Process | None = None
@@ -155,6 +155,12 @@ class RedisServer:
     async def stop(self) -> None:
         if self.process is not None and self.process.returncode is None:
             self.process.terminate()
+            await self.process.wait()
+
+    async def kill(self) -> None:
+        """SIGKILL: gone at once, with whatever it held in memory."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
             await self.process.wait()
 
 

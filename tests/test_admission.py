@@ -122,7 +122,7 @@ async def test_conc_headers_and_endpoint_only_when_enabled(start_proxy: StartPro
     proxy = await start_proxy(sse_max_concurrency=1)
     async with proxy.client() as client:
         resp = await client.post("/v1/chat/completions", json=chat_body(), headers=AUTH)
-        endpoint = await client.get("/__test/conc")
+        endpoint = await client.get("/__test/conc", headers=AUTH)
         async with open_stream(client) as first:
             assert first.status_code == 200 and "x-conc-before" not in first.headers
             rejected = await client.post("/v1/chat/completions", json=stream_body("x"),
@@ -137,10 +137,10 @@ async def test_conc_endpoint_counts(start_proxy: StartProxy) -> None:
     proxy = await start_proxy(test_endpoints=True, sse_max_concurrency=3)
     async with proxy.client() as client:
         async with open_stream(client), open_stream(client):
-            counts = (await client.get("/__test/conc")).json()
+            counts = (await client.get("/__test/conc", headers=AUTH)).json()
             assert (counts["streams"], counts["turns"], counts["stream_limit"]) == (2, 2, 3)
         await proxy.wait_idle()
-        counts = (await client.get("/__test/conc")).json()
+        counts = (await client.get("/__test/conc", headers=AUTH)).json()
     assert (counts["streams"], counts["turns"]) == (0, 0)
 
 
@@ -254,14 +254,14 @@ async def test_sigkilled_replica_frees_its_slots_within_ttl(
                 httpx.AsyncClient(base_url=survivor.base_url, timeout=30) as b:
             async with open_stream(a) as s1, open_stream(a) as s2:
                 assert (s1.status_code, s2.status_code) == (200, 200)
-                assert (await b.get("/__test/conc")).json()["streams"] == 2
+                assert (await b.get("/__test/conc", headers=AUTH)).json()["streams"] == 2
                 doomed.signal(signal.SIGKILL)
                 await doomed.wait()
             doomed.kill_orphans()
             # The dead replica cannot release: its leases must expire within the TTL.
             with trio.fail_after(ttl_ms / 1000 * 2 + 5):
                 # Expiry happens inside Redis, by its clock: ask until the leases are gone.
-                while (await b.get("/__test/conc")).json()["streams"] != 0:  # noqa: ASYNC110
+                while (await b.get("/__test/conc", headers=AUTH)).json()["streams"] != 0:  # noqa: ASYNC110
                     await trio.sleep(0.1)
             async with open_stream(b) as x, open_stream(b) as y, open_stream(b) as z:
                 assert [x.status_code, y.status_code, z.status_code] == [200, 200, 200]
@@ -277,7 +277,8 @@ async def test_redis_stopped_mid_run_degrades_without_errors(
         async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
             before = await client.post("/v1/chat/completions", json=chat_body(), headers=AUTH)
             assert before.status_code == 200
-            assert (await client.get("/__test/conc")).json()["redis_degraded"] is False
+            conc = (await client.get("/__test/conc", headers=AUTH)).json()
+            assert conc["redis_degraded"] is False
             await redis_server.stop()
             statuses = []
             for stream in (False, True, False, True, False):
@@ -293,7 +294,7 @@ async def test_redis_stopped_mid_run_degrades_without_errors(
                 third = await client.post("/v1/chat/completions", json=stream_body("x"),
                                           headers=AUTH)
                 limits = [s1.status_code, s2.status_code, third.status_code]
-            conc = (await client.get("/__test/conc")).json()
+            conc = (await client.get("/__test/conc", headers=AUTH)).json()
             metrics = (await client.get("/metrics")).text
     assert statuses == [200] * 5
     assert limits == [200, 200, 429]  # local limits still hold

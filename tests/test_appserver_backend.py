@@ -375,6 +375,34 @@ async def test_worker_crash_mid_turn_then_restart(start_proxy: StartProxy, tmp_p
     assert backend(proxy).restarts.get("crashed", 0) == 2
 
 
+async def test_a_worker_whose_process_exited_takes_no_new_turn(
+    start_proxy: StartProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The moment a crashed worker's turns are ended, the worker no longer accepts turns.
+
+    Otherwise a request arriving before the worker's own shutdown had run could be leased to
+    the dead process (the pool picks the least busy accepting worker, and the dead one may be
+    it) and fail there while another worker could have served it. The check runs inside
+    ``ThreadRoute.close`` itself, so it does not depend on how the tasks are scheduled.
+    """
+    proxy, _ = await app_proxy(start_proxy, tmp_path, workers=1, worker_backoff_initial_ms=50)
+    pool = backend(proxy)
+    seen: list[tuple[bool, bool]] = []
+    close = ThreadRoute.close
+
+    def watching_close(route: ThreadRoute, why: End | None) -> None:
+        if why is End.WORKER_EXIT:
+            seen.append((route.worker.accepting, pool._pick() is route.worker))
+        close(route, why)
+
+    monkeypatch.setattr(ThreadRoute, "close", watching_close)
+    async with proxy.client() as client:
+        resp = await client.post("/v1/chat/completions", headers=AUTH,
+                                 json=chat_body("SCENARIO=worker_crash"))
+    assert resp.json()["choices"][0]["finish_reason"] == "length"
+    assert seen == [(False, False)]
+
+
 async def test_unhealthy_worker_is_replaced(start_proxy: StartProxy, tmp_path: Path) -> None:
     proxy, _ = await app_proxy(start_proxy, tmp_path, workers=1,
                                worker_health_interval_ms=100, worker_rpc_timeout_ms=300,

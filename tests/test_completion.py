@@ -933,3 +933,14 @@ def test_tool_calls_stream_and_non_stream_agree(row: CallRow, include_usage: boo
         assert usage == doc["usage"]
     if row.events and isinstance(row.events[-1], ResponseDone):
         assert doc["usage"]["prompt_tokens"] == EARLY.input_tokens  # the responses' own usage
+
+
+@pytest.mark.parametrize("param", ["messages", "prompt", "input"])
+def test_context_window_error_names_the_routes_prompt_field(param: str) -> None:
+    """A codex context-window overflow blames the field that carried the prompt on this route
+    (chat ``messages``, legacy ``prompt``, Responses ``input``), as the prompt guard does."""
+    completion = Completion(stream=False, prompt_chars=PROMPT_CHARS, prompt_param=param)
+    completion.feed(Error("ran out of room", ErrorKind.CONTEXT_WINDOW))
+    assert completion.error is not None
+    assert (completion.error.status, completion.error.code, completion.error.param) == (
+        400, "context_length_exceeded", param)

@@ -38,7 +38,9 @@ KEEPALIVE_MS = 15_000  # PROXY_SSE_KEEPALIVE_MS
 REQUEST_TIMEOUT_MS = 300_000  # PROXY_TIMEOUT_MS
 NONSTREAM_TRUNCATE_MS = 0  # PROXY_NONSTREAM_TRUNCATE_AFTER_MS (0 = off)
 MAX_BODY_BYTES = 16 * 1024 * 1024  # PROXY_MAX_BODY_BYTES
-CODEX_PROTO_VERSIONS = ((0, 8, 0), (0, 42, 0))  # `codex proto` exists in this range
+# Releases the backends can drive: proto 0.8.0-0.42.x, app-server 0.100.0 and later.
+CODEX_PROTO_VERSIONS = ((0, 8, 0), (0, 42, 99))
+CODEX_APP_SERVER_MIN = (0, 100, 0)
 
 
 def find_tool(name: str) -> str | None:
@@ -413,7 +415,8 @@ def test_dockerfile_pins_codex(docker: list[tuple[str, str]]) -> None:
     version = args["CODEX_VERSION"]
     assert re.fullmatch(r"\d+\.\d+\.\d+", version), "pin an exact version"
     low, high = CODEX_PROTO_VERSIONS
-    assert low <= tuple(int(p) for p in version.split(".")) <= high, "needs `codex proto`"
+    pinned = tuple(int(p) for p in version.split("."))
+    assert low <= pinned <= high or pinned >= CODEX_APP_SERVER_MIN, "a release no backend drives"
     runs = " ".join(rest for k, rest in docker if k == "RUN")
     assert re.search(r'npm install -g [^&]*"?@openai/codex@\$\{CODEX_VERSION\}"?', runs)
     assert re.search(r"pip install --no-cache-dir \.", runs)
@@ -539,7 +542,7 @@ def test_compose_parses_as_yaml() -> None:
     assert service["build"] == {
         "context": "..",
         "dockerfile": "deploy/Dockerfile",
-        "args": {"CODEX_VERSION": "0.42.0"},
+        "args": {"CODEX_VERSION": "0.169.0"},
     }
     assert service["stop_signal"] == "SIGTERM"
     assert service["env_file"] == [{"path": "./quartproxy.env", "required": False}]

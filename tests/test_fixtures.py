@@ -231,6 +231,12 @@ def test_fake_normal_is_the_real_protocol(spawn: Any) -> None:
         ("SCENARIO=error", "codex-0.42.0/err_seq"),
         ("SCENARIO=incomplete TOKENS=nested_rl", "codex-0.42.0/incomplete"),
         ("SCENARIO=error_08", "codex-0.8.0/err_seq"),
+        ("SCENARIO=usage_limit", "codex-0.36.0/err429_usage"),
+        ("SCENARIO=usage_limit TOKENS=nested_rl", "codex-0.42.0/err429_usage"),
+        ("SCENARIO=rate_limit", "codex-0.36.0/err429"),
+        ("SCENARIO=context_window", "codex-0.36.0/err400ctx"),
+        ("SCENARIO=context_window TOKENS=nested_rl", "codex-0.42.0/err_seq"),
+        ("SCENARIO=server_error", "codex-0.36.0/err500"),
     ],
 )
 def test_fake_scenarios_replay_the_captures(spawn: Any, prompt: str, capture: str) -> None:

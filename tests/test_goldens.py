@@ -22,6 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -66,9 +67,15 @@ def fail_on(report: str) -> None:
 @pytest.mark.parametrize("case", REAL_TIME_CASES, ids=lambda case: case.name)
 async def test_golden(start_proxy: StartProxy, case: goldens.Case) -> None:
     proxy = await start_proxy(**case.settings)
+    if case.app_server:
+        await proxy.wait_ready()  # the worker is started in the background
     async with proxy.client() as client:
         rec = await goldens.record(client, case, API_KEY)
-    await proxy.wait_idle()
+    if case.app_server:  # the worker outlives the request; its thread is gone
+        with trio.fail_after(30):
+            await proxy.state.service.running.wait_value(0)
+    else:
+        await proxy.wait_idle()
     fail_on(goldens.check(case, rec))
 
 
@@ -147,7 +154,9 @@ def test_no_orphan_goldens() -> None:
     ("json_case", "stream_case"),
     [("chat_json_minimal", "chat_stream_include_usage"),
      ("chat_json_truncation", "chat_stream_truncation"),
-     ("completion_json", "completion_stream")],
+     ("completion_json", "completion_stream"),
+     ("app_chat_json_minimal", "app_chat_stream_include_usage"),
+     ("app_tools_follow_up_chat_json", "app_tools_follow_up_chat_stream")],
 )
 def test_stream_and_json_goldens_agree(json_case: str, stream_case: str) -> None:
     """Same child output, both renderings: same text, finish_reason and usage (lifecycle.md)."""
@@ -158,6 +167,63 @@ def test_stream_and_json_goldens_agree(json_case: str, stream_case: str) -> None
     streamed, finish, usage = contract.collect_stream_content(sse_body)
     assert (streamed, finish) == (text, choice["finish_reason"])
     assert usage == json.loads(json_body)["usage"]
+
+
+@pytest.mark.parametrize(("proto_case", "app_case"), goldens.SAME_ON_BOTH_BACKENDS)
+def test_both_backends_put_the_same_bytes_on_the_wire(proto_case: str, app_case: str) -> None:
+    """The same request over a proto child and over an app-server worker: identical bodies."""
+    _, proto_body = goldens.split_golden(goldens.CASES_BY_NAME[proto_case].file.read_bytes())
+    _, app_body = goldens.split_golden(goldens.CASES_BY_NAME[app_case].file.read_bytes())
+    assert app_body == proto_body
+
+
+def _streamed_calls(body: bytes) -> list[dict[str, Any]]:
+    """delta.tool_calls accumulated the way SDKs do it: by index, arguments concatenated."""
+    calls: dict[int, dict[str, Any]] = {}
+    for frame in contract.parse_sse(body):
+        doc = frame.json
+        if not isinstance(doc, dict) or not doc.get("choices"):
+            continue
+        for part in doc["choices"][0]["delta"].get("tool_calls") or []:
+            call = calls.setdefault(part["index"], {"function": {"arguments": ""}})
+            for key in ("id", "type"):
+                if key in part:
+                    call[key] = part[key]
+            function = part.get("function") or {}
+            if "name" in function:
+                call["function"]["name"] = function["name"]
+            call["function"]["arguments"] += function.get("arguments") or ""
+    return [calls[index] for index in sorted(calls)]
+
+
+@pytest.mark.parametrize("scenario", ["tool_call", "tool_calls_parallel", "text_then_call"])
+def test_tool_call_goldens_agree(scenario: str) -> None:
+    """Stream and JSON renderings of the same calls: the same ids, names and arguments, the
+    same text before them, finish tool_calls and usage; Responses stream and JSON carry the
+    same function_call items."""
+    name = f"app_tools_{scenario}"
+    _, json_body = goldens.split_golden(goldens.CASES_BY_NAME[f"{name}_chat_json"].file
+                                        .read_bytes())
+    _, sse_body = goldens.split_golden(goldens.CASES_BY_NAME[f"{name}_chat_stream"].file
+                                       .read_bytes())
+    message = json.loads(json_body)["choices"][0]["message"]
+    assert _streamed_calls(sse_body) == message["tool_calls"]
+    text, finish, usage = contract.collect_stream_content(sse_body)
+    assert (text or None, finish) == (message["content"], "tool_calls")
+    assert usage == json.loads(json_body)["usage"]
+    _, r_json = goldens.split_golden(goldens.CASES_BY_NAME[f"{name}_responses_json"].file
+                                     .read_bytes())
+    _, r_sse = goldens.split_golden(goldens.CASES_BY_NAME[f"{name}_responses_stream"].file
+                                    .read_bytes())
+    doc = json.loads(r_json)
+    transcript = contract.collect_responses_stream(r_sse)
+    assert transcript.response is not None
+    # Item ids are normalised (fc_<id>), so the two response objects compare whole.
+    assert transcript.response == doc
+    calls = [(i["call_id"], i["name"], i["arguments"]) for i in doc["output"]
+             if i["type"] == "function_call"]
+    assert calls == [(c["id"], c["function"]["name"], c["function"]["arguments"])
+                     for c in message["tool_calls"]]
 
 
 # ---------------------------------------------------------------------------- the checker
@@ -295,7 +361,8 @@ def test_normalise_responses_ids_and_created_at() -> None:
     ("json_case", "stream_case"),
     [("responses_json_minimal", "responses_stream_minimal"),
      ("responses_json_incomplete", "responses_stream_incomplete"),
-     ("responses_json_reasoning", "responses_stream_reasoning")],
+     ("responses_json_reasoning", "responses_stream_reasoning"),
+     ("app_tools_follow_up_responses_json", "app_tools_follow_up_responses_stream")],
 )
 def test_responses_stream_and_json_goldens_agree(json_case: str, stream_case: str) -> None:
     """Same child output, both renderings: the same response (normalised ids), usage and all."""

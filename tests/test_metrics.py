@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
 import httpx
@@ -152,6 +153,61 @@ async def test_metrics_are_open_by_default_and_keyed_on_request(start_proxy: Sta
         allowed = await client.get("/metrics", headers=AUTH)
         assert allowed.status_code == 200
         assert "quartproxy_requests_total" in allowed.text
+
+
+# ------------------------------------------------------------------------ app-server workers
+
+
+async def test_worker_figures_over_http(start_proxy: StartProxy) -> None:
+    """Two fake app-server workers: ready, each process's memory, the turns each carries
+    while three streams are held open, and a crashed worker counted as a ``crashed`` restart
+    once it is replaced."""
+    proxy = await start_proxy(backend="app-server", workers=2, worker_backoff_initial_ms=50)
+    await proxy.wait_ready(2)
+    pool = proxy.state.backend
+    async with proxy.client() as client:
+        idle = await scrape(client)
+        assert value(idle, "quartproxy_workers_configured") == 2
+        assert value(idle, "quartproxy_workers_ready") == 2
+        for slot in ("0", "1"):
+            assert value(idle, "quartproxy_worker_turns_in_flight", slot=slot) == 0
+            rss = value(idle, "quartproxy_worker_rss_bytes", slot=slot)
+            assert rss is not None and rss > 1 << 20  # a live Python process
+        assert value(idle, "quartproxy_worker_restarts_total", cause="crashed") == 0
+
+        async with AsyncExitStack() as held:
+            for _ in range(3):  # stream_hang: three deltas, then silence until the client goes
+                resp = await held.enter_async_context(client.stream(
+                    "POST", "/v1/chat/completions", headers=AUTH,
+                    json=chat_body("SCENARIO=stream_hang", stream=True)))
+                assert resp.status_code == 200
+                chunks = resp.aiter_raw()
+                held.push_async_callback(chunks.aclose)
+                seen = b""
+                while b'" is"' not in seen:
+                    seen += await chunks.__anext__()
+            busy = await scrape(client)
+        assert value(busy, "quartproxy_turns_running") == 3
+        per_slot = sorted(value(busy, "quartproxy_worker_turns_in_flight", slot=slot) or 0
+                          for slot in ("0", "1"))
+        assert per_slot == [1, 2]  # the least busy worker takes the next turn
+        with trio.fail_after(30):
+            await proxy.state.service.running.wait_value(0)
+
+        crashed = await client.post("/v1/chat/completions", headers=AUTH,
+                                    json=chat_body("SCENARIO=worker_crash"))
+        assert crashed.json()["choices"][0]["finish_reason"] == "length"
+        with trio.fail_after(30):
+            while True:  # a hang guard around the pool replacing the worker, not a timer
+                samples = await scrape(client)
+                if (value(samples, "quartproxy_worker_restarts_total", cause="crashed") == 1
+                        and value(samples, "quartproxy_workers_ready") == 2):
+                    break
+                await trio.sleep(0.02)
+        assert pool.restarts == {"crashed": 1}
+        for slot in ("0", "1"):
+            assert value(samples, "quartproxy_worker_turns_in_flight", slot=slot) == 0
+            assert (value(samples, "quartproxy_worker_rss_bytes", slot=slot) or 0) > 1 << 20
 
 
 # ------------------------------------------------------------------------ worker collector

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
+from typing import Any
+
 import openai
 import pytest
 import trio
 
-from .conftest import API_KEY, Proxy
+from .conftest import API_KEY, Proxy, StartProxy
 
 pytestmark = pytest.mark.trio
 
@@ -175,3 +179,174 @@ async def test_sdk_responses_stream_failure_and_errors(proxy: Proxy) -> None:
     assert failed.response.output_text == "This stream will be"
     assert bad.value.code == "unsupported_parameter" and bad.value.param == "previous_response_id"
     assert overflow.value.code == "context_length_exceeded"
+
+
+# ---------------------------------------------------------------------------- function calling
+#
+# The app-server backend (fixtures/fake_app_server.py as the worker) runs client tools natively:
+# the fake calls the declared tools in order with arguments built from their schemas, and a
+# follow-up request whose history ends with the results is answered "Tool results: <id>=<out>; …".
+
+WEATHER = {"type": "object", "properties": {
+    "city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+    "required": ["city"]}
+TIME = {"type": "object", "properties": {"tz": {"type": "string"}}}
+CHAT_TOOLS: list[Any] = [
+    {"type": "function", "function": {"name": "get_weather", "description": "Weather.",
+                                      "parameters": WEATHER}},
+    {"type": "function", "function": {"name": "get_time", "description": "Time.",
+                                      "parameters": TIME}},
+]
+RESPONSES_TOOLS: list[Any] = [
+    {"type": "function", "name": "get_weather", "description": "Weather.", "parameters": WEATHER},
+    {"type": "function", "name": "get_time", "description": "Time.", "parameters": TIME},
+]
+ASK = "Weather and time in Paris? SCENARIO=tool_calls_parallel"
+EXPECTED_CALLS = [("get_weather", {"city": "Paris", "unit": "celsius"}),
+                  ("get_time", {"tz": "Europe/Paris"})]
+CALL_ID = re.compile(r"call_fake_\d+_\d+")
+
+
+@pytest.fixture
+async def app_proxy(start_proxy: StartProxy) -> Proxy:
+    proxy = await start_proxy(backend="app-server", workers=1)
+    await proxy.wait_ready()
+    return proxy
+
+
+def call_list(calls: Any) -> list[tuple[str, dict[str, Any]]]:
+    """(name, parsed arguments) of SDK tool-call objects, checking their ids on the way."""
+    assert calls, "no tool calls"
+    ids = [call.id for call in calls]
+    assert len(set(ids)) == len(ids) and all(CALL_ID.fullmatch(i) for i in ids), ids
+    return [(call.function.name, json.loads(call.function.arguments)) for call in calls]
+
+
+def accumulate(chunks: list[Any]) -> tuple[list[dict[str, Any]], str | None]:
+    """delta.tool_calls put together by index, as SDK users do: (calls, finish_reason)."""
+    calls: dict[int, dict[str, Any]] = {}
+    finish = None
+    for chunk in chunks:
+        if not chunk.choices:
+            continue
+        choice = chunk.choices[0]
+        finish = choice.finish_reason or finish
+        for part in choice.delta.tool_calls or []:
+            call = calls.setdefault(part.index, {"id": None, "name": "", "arguments": ""})
+            call["id"] = part.id or call["id"]
+            if part.function is not None:
+                call["name"] += part.function.name or ""
+                call["arguments"] += part.function.arguments or ""
+    return [calls[i] for i in sorted(calls)], finish
+
+
+def follow_up_messages(message: Any, outputs: list[str]) -> list[Any]:
+    """The conversation an agent sends back: the assistant's calls, then one result each."""
+    return [
+        {"role": "user", "content": ASK},
+        message,  # the SDK's own message object, as the openai docs do it
+        *({"role": "tool", "tool_call_id": call.id, "content": output}
+          for call, output in zip(message.tool_calls, outputs, strict=True)),
+    ]
+
+
+def check_answer(text: str | None, ids: list[str], outputs: list[str]) -> None:
+    assert text == "Tool results: " + "; ".join(
+        f"{i}={o}" for i, o in zip(ids, outputs, strict=True))
+
+
+async def test_async_chat_tool_calls_round_trip(app_proxy: Proxy) -> None:
+    client = openai.AsyncOpenAI(base_url=f"{app_proxy.base_url}/v1", api_key=API_KEY,
+                                max_retries=0)
+    outputs = ["18C and sunny", "14:05"]
+    async with client:
+        first = await client.chat.completions.create(
+            model="codex-5", messages=[{"role": "user", "content": ASK}], tools=CHAT_TOOLS)
+        stream = await client.chat.completions.create(
+            model="codex-5", messages=[{"role": "user", "content": ASK}], tools=CHAT_TOOLS,
+            stream=True, stream_options={"include_usage": True})
+        chunks = [chunk async for chunk in stream]
+        message = first.choices[0].message
+        answer = await client.chat.completions.create(
+            model="codex-5", messages=follow_up_messages(message, outputs), tools=CHAT_TOOLS)
+    assert first.choices[0].finish_reason == "tool_calls" and message.content is None
+    assert call_list(message.tool_calls) == EXPECTED_CALLS
+    streamed, finish = accumulate(chunks)
+    assert finish == "tool_calls"
+    assert [(c["name"], json.loads(c["arguments"])) for c in streamed] == EXPECTED_CALLS
+    assert all(CALL_ID.fullmatch(c["id"]) for c in streamed)
+    assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == 1200
+    assert answer.choices[0].finish_reason == "stop"
+    check_answer(answer.choices[0].message.content,
+                 [call.id for call in message.tool_calls or []], outputs)
+
+
+async def test_async_responses_function_calls_round_trip(app_proxy: Proxy) -> None:
+    client = openai.AsyncOpenAI(base_url=f"{app_proxy.base_url}/v1", api_key=API_KEY,
+                                max_retries=0)
+    async with client:
+        response = await client.responses.create(model="codex-5", input=ASK,
+                                                 tools=RESPONSES_TOOLS)
+        async with client.responses.stream(model="codex-5", input=ASK,
+                                           tools=RESPONSES_TOOLS) as stream:
+            final = await stream.get_final_response()
+        calls = [item for item in response.output if item.type == "function_call"]
+        outputs = [f"out-{i}" for i in range(len(calls))]
+        # The agent loop the SDK docs show: the response's output items go back as input,
+        # followed by one function_call_output per call.
+        answer = await client.responses.create(model="codex-5", tools=RESPONSES_TOOLS, input=[
+            {"role": "user", "content": ASK}, *response.output,
+            *({"type": "function_call_output", "call_id": c.call_id, "output": o}
+              for c, o in zip(calls, outputs, strict=True))])
+    assert response.status == "completed"
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == EXPECTED_CALLS
+    assert all(CALL_ID.fullmatch(c.call_id) and c.id.startswith("fc_") for c in calls)
+    streamed = [item for item in final.output if item.type == "function_call"]
+    assert [(c.name, json.loads(c.arguments)) for c in streamed] == EXPECTED_CALLS
+    assert answer.status == "completed"
+    check_answer(answer.output_text, [c.call_id for c in calls], outputs)
+
+
+def _sync_tool_session(proxy: Proxy) -> dict[str, Any]:
+    client = sync_client(proxy)
+    outputs = ["18C and sunny", "14:05"]
+    with client:
+        first = client.chat.completions.create(
+            model="codex-5", messages=[{"role": "user", "content": ASK}], tools=CHAT_TOOLS)
+        chunks = list(client.chat.completions.create(
+            model="codex-5", messages=[{"role": "user", "content": ASK}], tools=CHAT_TOOLS,
+            stream=True))
+        # The SDK's own stream accumulator (it checks indexes and ids as it goes).
+        with client.chat.completions.stream(
+            model="codex-5", messages=[{"role": "user", "content": ASK}], tools=CHAT_TOOLS,
+        ) as helper:
+            helped = helper.get_final_completion()
+        message = first.choices[0].message
+        answer = client.chat.completions.create(
+            model="codex-5", messages=follow_up_messages(message, outputs), tools=CHAT_TOOLS)
+        response = client.responses.create(model="codex-5", input=ASK, tools=RESPONSES_TOOLS)
+        calls = [item for item in response.output if item.type == "function_call"]
+        responses_answer = client.responses.create(model="codex-5", tools=RESPONSES_TOOLS, input=[
+            {"role": "user", "content": ASK}, *calls,
+            *({"type": "function_call_output", "call_id": c.call_id, "output": o}
+              for c, o in zip(calls, outputs, strict=True))])
+    return {"first": first, "chunks": chunks, "helped": helped, "answer": answer,
+            "outputs": outputs, "calls": calls, "responses_answer": responses_answer}
+
+
+async def test_sync_tool_calls_round_trip(app_proxy: Proxy) -> None:
+    got = await trio.to_thread.run_sync(_sync_tool_session, app_proxy)
+    message = got["first"].choices[0].message
+    assert call_list(message.tool_calls) == EXPECTED_CALLS
+    streamed, finish = accumulate(got["chunks"])
+    assert finish == "tool_calls"
+    assert [(c["name"], json.loads(c["arguments"])) for c in streamed] == EXPECTED_CALLS
+    helped = got["helped"].choices[0]
+    assert helped.finish_reason == "tool_calls"
+    assert call_list(helped.message.tool_calls) == EXPECTED_CALLS
+    check_answer(got["answer"].choices[0].message.content,
+                 [call.id for call in message.tool_calls], got["outputs"])
+    calls = got["calls"]
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == EXPECTED_CALLS
+    check_answer(got["responses_answer"].output_text, [c.call_id for c in calls],
+                 got["outputs"])

@@ -9,9 +9,12 @@ a few long-lived workers. The rules are the same for both:
   and must not see the proxy's keys), plus ``CODEX_HOME``;
 * each process starts in a session of its own, and ending it signals the whole *process group*:
   the npm ``codex`` command is a node launcher that starts the native binary, and codex's tools
-  start processes of their own, so signalling only the leader would orphan them. Close stdin,
-  SIGTERM the group, SIGKILL it after the grace, and sweep the group once more before the leader
-  is reaped (while its zombie still pins the group id, so the sweep cannot hit a stranger).
+  start processes of their own, so signalling only the leader would orphan them. See
+  :func:`end`: close stdin, SIGTERM the group, SIGKILL it after the grace; the rest of the
+  group gets the same grace as the leader, and is swept with SIGKILL before the leader is
+  reaped (while its zombie still pins the group id, so no signal can reach a stranger).
+* the leader is watched through a pidfd opened when it is spawned, before anything could reap
+  it: a pid number can be reused once its process is reaped, a pidfd cannot.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import weakref
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,8 +122,42 @@ def directory_problems(settings: Settings) -> list[str]:
     return problems
 
 
+# Each spawned process's pidfd, opened at spawn time: end() takes it over (detaching the
+# finalizer, so the fd number is closed exactly once); should end() never run, it is closed
+# when the process object is collected.
+_pidfds: weakref.WeakKeyDictionary[trio.Process, weakref.finalize[[int], trio.Process]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _open_pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        return None  # not Linux 5.3+ (end() falls back to waiting), or already gone
+
+
 async def spawn(argv: list[str], *, env: dict[str, str], cwd: Path) -> trio.Process:
     """Start a codex process with three pipes, in a session (and process group) of its own."""
+    process = await _open(argv, env=env, cwd=cwd)
+    pidfd = _open_pidfd(process.pid)  # nothing has waited for it yet: this is our child
+    if pidfd is not None:
+        _pidfds[process] = weakref.finalize(process, _close_quietly, pidfd)
+    return process
+
+
+def _take_pidfd(process: trio.Process) -> int | None:
+    finalizer = _pidfds.pop(process, None)
+    detached = finalizer.detach() if finalizer is not None else None
+    return int(detached[2][0]) if detached is not None else None
+
+
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+async def _open(argv: list[str], *, env: dict[str, str], cwd: Path) -> trio.Process:
     try:
         return await trio.lowlevel.open_process(
             argv,
@@ -148,51 +186,80 @@ class ExitInfo:
     cause: ExitCause
 
 
-def _signal_group(pid: int, signum: int) -> None:
+def _signal_group(pgid: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signum)
+        os.killpg(pgid, signum)
 
 
-def _has_exited(pidfd: int | None, process: trio.Process) -> bool:
-    if pidfd is None:
-        return process.poll() is not None
-    # A pidfd turns readable when the process exits; it does not reap it.
-    readable, _, _ = select.select([pidfd], [], [], 0)
+def _readable(fd: int) -> bool:
+    readable, _, _ = select.select([fd], [], [], 0)
     return bool(readable)
 
 
+def _live_group_of(pid: int) -> int | None:
+    """The process group of ``pid``, or ``None`` if it is gone or a zombie (dead; only its
+    parent's wait is missing)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            data = stat.read()
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 2 :].split()  # after "pid (comm) "; comm may hold ")"
+    if len(fields) < 3 or fields[0] == b"Z":
+        return None
+    return int(fields[2])
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes in process group ``pgid``, from /proc ([] where there is none)."""
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    return [int(name) for name in names if name.isdigit() and _live_group_of(int(name)) == pgid]
+
+
+async def _wait_for_group(pgid: int) -> None:
+    """Until no live process is left in the group. Each member found is waited for through a
+    pidfd — checked after it is opened to belong to a member still, as a pid can be reused —
+    and then the group is looked at again: members may have started others meanwhile."""
+    while members := await trio.to_thread.run_sync(group_members, pgid):
+        for pid in members:
+            fd = _open_pidfd(pid)
+            if fd is None:
+                continue
+            try:
+                if _live_group_of(pid) == pgid:
+                    await trio.lowlevel.wait_readable(fd)
+            finally:
+                trio.lowlevel.notify_closing(fd)
+                os.close(fd)
+
+
 async def end(process: trio.Process, grace_s: float, *, close_stdin: bool = True) -> ExitInfo:
-    """close stdin -> SIGTERM the group -> SIGKILL it after ``grace_s`` -> sweep -> reap.
+    """Close stdin, SIGTERM the process group, SIGKILL it after ``grace_s``, reap the leader.
+
+    The leader's exit does not end the wait: what else lives in its group (the native binary
+    under the npm launcher, a tool codex started) is SIGTERMed too and gets the rest of the
+    same grace before the group is SIGKILLed. All group signals are sent while the leader is
+    unreaped, so its pid — the group id — cannot belong to anyone else.
 
     Call under a shield. Never raises for a process that is already gone.
     """
+    deadline = trio.current_time() + grace_s
     if close_stdin and process.stdin is not None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             await process.stdin.aclose()
-    pidfd: int | None
-    try:
-        pidfd = os.pidfd_open(process.pid)
-    except (OSError, AttributeError):
-        pidfd = None  # already reaped (or no pidfd here): nothing left to signal safely
+    pidfd = _take_pidfd(process)
     cause: ExitCause = "exited"
-    try:
-        if pidfd is not None:
-            if not _has_exited(pidfd, process):
-                _signal_group(process.pid, signal.SIGTERM)
-                cause = "sigterm"
-                with trio.move_on_after(grace_s):
-                    await trio.lowlevel.wait_readable(pidfd)
-                if not _has_exited(pidfd, process):
-                    cause = "sigkill"
-                    _signal_group(process.pid, signal.SIGKILL)
-                    await trio.lowlevel.wait_readable(pidfd)
-            # The leader is a zombie now, so its pid (= the group id) cannot be reused: sweep
-            # whatever it left running in its group (codex's tools, a native binary under the
-            # npm launcher).
-            _signal_group(process.pid, signal.SIGKILL)
-    finally:
-        if pidfd is not None:
+    if pidfd is not None:
+        try:
+            cause = await _end_group(process.pid, pidfd, deadline)
+        finally:
+            trio.lowlevel.notify_closing(pidfd)
             os.close(pidfd)
+    else:
+        cause = await _end_without_pidfd(process, deadline)
     returncode = await process.wait()
     if returncode >= 0:
         cause = "exited"
@@ -201,6 +268,44 @@ async def end(process: trio.Process, grace_s: float, *, close_stdin: bool = True
             with contextlib.suppress(trio.ClosedResourceError, OSError):
                 await stream.aclose()
     return ExitInfo(returncode, cause)
+
+
+async def _end_group(pgid: int, pidfd: int, deadline: float) -> ExitCause:
+    cause: ExitCause = "exited"
+    if not _readable(pidfd):  # a pidfd turns readable when its process exits; it does not reap
+        _signal_group(pgid, signal.SIGTERM)
+        cause = "sigterm"
+        with trio.move_on_at(deadline):
+            await trio.lowlevel.wait_readable(pidfd)
+        if not _readable(pidfd):
+            cause = "sigkill"
+            _signal_group(pgid, signal.SIGKILL)
+            await trio.lowlevel.wait_readable(pidfd)
+    others = [] if cause == "sigkill" else await trio.to_thread.run_sync(group_members, pgid)
+    if others:
+        if cause == "exited":  # the leader left on its own; the rest never heard of it
+            _signal_group(pgid, signal.SIGTERM)
+        with trio.move_on_at(deadline):
+            await _wait_for_group(pgid)
+    _signal_group(pgid, signal.SIGKILL)  # whatever is left (or was missed), before the reap
+    return cause
+
+
+async def _end_without_pidfd(process: trio.Process, deadline: float) -> ExitCause:
+    """Where pidfds do not exist (not Linux 5.3+): the same steps, but the leader is reaped as
+    it is waited for, so the final sweep relies on the group id staying in use while a member
+    lives; group members get no extra grace (there is no /proc to find them)."""
+    cause: ExitCause = "exited"
+    if process.returncode is None:
+        _signal_group(process.pid, signal.SIGTERM)
+        cause = "sigterm"
+        with trio.move_on_at(deadline):
+            await process.wait()
+        if process.returncode is None:
+            cause = "sigkill"
+            _signal_group(process.pid, signal.SIGKILL)
+    _signal_group(process.pid, signal.SIGKILL)
+    return cause
 
 
 class StderrTail:

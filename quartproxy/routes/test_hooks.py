@@ -3,6 +3,9 @@
 ``GET /__test/conc`` reports admission's counts; every response gets ``X-Conc-Before``,
 ``X-Conc-After`` and ``X-Conc-Limit`` when admission decided something for it. Keeping them in
 their own blueprint keeps the completion routes free of test plumbing.
+
+Every ``/__test/*`` route needs the API key, like the routes it reports on: a test build
+exposed on a network must not hand out its occupancy (or whatever later hooks do) to anyone.
 """
 
 from __future__ import annotations
@@ -11,9 +14,14 @@ from quart import Blueprint, Response
 
 from ..asgi import current_exchange
 from ..httpio import conc_headers
-from ..middleware import json_response, state
+from ..middleware import authorise, json_response, state
 
 blueprint = Blueprint("test_hooks", __name__)
+
+
+@blueprint.before_request
+async def require_key() -> None:
+    authorise()
 
 
 @blueprint.route("/__test/conc", methods=["GET"])

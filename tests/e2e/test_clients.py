@@ -2,7 +2,9 @@
 
 The backend is ``fixtures/fake_codex.py`` (no Codex CLI needed), which answers
 ``NORMAL_TEXT`` with usage 1200/14. Clients: openai-python (sync and async), LangChain's
-``ChatOpenAI`` and the openai npm SDK (``clients/openai-node-smoke.mjs``).
+``ChatOpenAI`` and the openai npm SDK (``clients/openai-node-smoke.mjs``). Function calling needs
+the app-server backend: those tests run the proxy with ``PROXY_BACKEND=app-server`` over
+``fixtures/fake_app_server.py``.
 
 Only the nox session ``clients`` runs this module (it sets ``E2E_CLIENTS=1``, installs
 langchain-openai, and ``npm install``s the openai SDK into ``E2E_NODE_DIR``); the default test run
@@ -21,6 +23,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 if os.environ.get("E2E_CLIENTS") != "1":
@@ -55,6 +58,27 @@ async def server(tmp_path: Path, fast_fake: Path) -> AsyncIterator[ServerProcess
             nursery.cancel_scope.cancel()
     leaked = [pid for pid in proc.child_pids() if pid_alive(pid)]
     assert not leaked, f"children left behind: {leaked}"
+
+
+@pytest.fixture
+async def app_server(tmp_path: Path, fast_fake_app: Path) -> AsyncIterator[ServerProcess]:
+    """The proxy on the app-server backend: one fake ``codex app-server`` worker."""
+    proc = ServerProcess(tmp_path, {"CODEX_BIN": str(fast_fake_app),
+                                    "PROXY_BACKEND": "app-server", "PROXY_WORKERS": "1"})
+    async with trio.open_nursery() as nursery:
+        await proc.start(nursery)
+        try:
+            # The worker starts after the server listens: /readyz says when it accepts turns.
+            async with httpx.AsyncClient(base_url=proc.base_url) as client:
+                with trio.fail_after(30):
+                    while (await client.get("/readyz")).status_code != 200:  # noqa: ASYNC110
+                        await trio.sleep(0.02)
+            yield proc
+        finally:
+            await proc.stop()
+            nursery.cancel_scope.cancel()
+    leaked = [pid for pid in proc.child_pids() if pid_alive(pid)]
+    assert not leaked, f"workers left behind: {leaked}"
 
 
 def base_url(server: ServerProcess) -> str:
@@ -246,6 +270,57 @@ async def test_langchain_chat_openai(server: ServerProcess) -> None:
     responses_total = got["responses_total"]
     assert _text(responses_total) == NORMAL_TEXT
     check_usage_metadata(responses_total.usage_metadata)
+
+
+def _langchain_tool_session(url: str) -> dict[str, Any]:
+    from langchain_core.messages import BaseMessage, HumanMessage
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI
+
+    @tool
+    def get_weather(city: str, unit: str = "celsius") -> str:
+        """The current weather in a city."""
+        return f"18 degrees {unit} and sunny in {city}"
+
+    found: dict[str, Any] = {}
+    common: dict[str, Any] = {"base_url": url, "api_key": API_KEY, "model": "codex-5",
+                              "max_retries": 0, "timeout": 30}
+    # Chat Completions (asked for) and the Responses API (ChatOpenAI's default for "codex").
+    for api, llm in (("chat", ChatOpenAI(**common, use_responses_api=False)),
+                     ("responses", ChatOpenAI(**common))):
+        bound = llm.bind_tools([get_weather])
+        messages: list[BaseMessage] = [
+            HumanMessage("What is the weather in Paris? SCENARIO=tool_call")]
+        asked = bound.invoke(messages)
+        messages.append(asked)
+        for call in asked.tool_calls:
+            messages.append(get_weather.invoke(call))  # a ToolMessage carrying the call's id
+        answered = bound.invoke(messages)
+        found[api] = {"asked": asked, "results": messages[2:], "answered": answered}
+    return found
+
+
+@pytest.mark.skipif(importlib.util.find_spec("langchain_openai") is None,
+                    reason="langchain-openai is not installed (`nox -s clients` installs it)")
+async def test_langchain_bind_tools_round_trip(app_server: ServerProcess) -> None:
+    """bind_tools: the model asks for get_weather(Paris), LangChain runs it, and the result
+    goes back in the next request, which codex answers from — on both APIs LangChain speaks."""
+    with trio.fail_after(90):
+        got = await trio.to_thread.run_sync(_langchain_tool_session, base_url(app_server))
+    for api, turn in got.items():
+        asked = turn["asked"]
+        (call,) = asked.tool_calls
+        assert call["name"] == "get_weather", api
+        assert call["args"] == {"city": "Paris", "unit": "celsius"}, api
+        assert call["id"].startswith("call_fake_"), api
+        (result,) = turn["results"]
+        assert result.tool_call_id == call["id"], api
+        assert _text(turn["answered"]) == (
+            f"Tool results: {call['id']}=18 degrees celsius and sunny in Paris"), api
+        assert not turn["answered"].tool_calls, api
+    assert got["chat"]["asked"].response_metadata["finish_reason"] == "tool_calls"
+    assert got["chat"]["answered"].response_metadata["finish_reason"] == "stop"
+    assert got["responses"]["answered"].response_metadata["status"] == "completed"
 
 
 # --------------------------------------------------------------------------- openai (npm)

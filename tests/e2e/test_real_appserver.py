@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import uuid
@@ -566,3 +567,181 @@ async def test_two_step_tool_loop(stack: Stack, stream: bool) -> None:
     assert first["tools"][-2:] == ["get_weather", "get_time"]
     assert second["function_outputs"] == ["sunny", "14:05"]
     await stack.wait_for(lambda: not stack.rollouts(), "a tool thread was left behind")
+
+
+# --------------------------------------------------------------------------- Responses API
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_responses_api_with_real_usage(stack: Stack, stream: bool) -> None:
+    from quartproxy.contract import check_responses_json, check_responses_stream
+
+    run, prompt = tagged("normal")
+    body: dict[str, Any] = {"model": "codex-5", "input": prompt, "instructions": "Be brief."}
+    with trio.fail_after(60):
+        if stream:
+            resp, raw = await read_stream(stack.client, "/v1/responses", {**body, "stream": True})
+            assert resp.status_code == 200
+            assert_valid(check_responses_stream(raw))
+            final = [f.json for f in parse_sse(raw)
+                     if isinstance(f.json, dict) and f.json.get("type") == "response.completed"]
+            (event,) = final
+            doc = event["response"]
+        else:
+            resp = await stack.client.post("/v1/responses", headers=AUTH, json=body)
+            assert resp.status_code == 200, resp.text
+            doc = resp.json()
+            assert_valid(check_responses_json(doc))
+    assert doc["status"] == "completed"
+    (message,) = [item for item in doc["output"] if item["type"] == "message"]
+    assert message["content"][0]["text"] == UPSTREAM_TEXT
+    usage = doc["usage"]
+    assert (usage["input_tokens"], usage["output_tokens"], usage["total_tokens"]) == (
+        1234, 56, 1290)
+    assert usage["input_tokens_details"]["cached_tokens"] == 7
+    assert usage["output_tokens_details"]["reasoning_tokens"] == 8
+    assert len(stack.upstream_requests(run)) == 1
+
+
+# --------------------------------------------------------------------------- SDK tool loop
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_openai_python_two_step_tool_loop(stack: Stack, stream: bool) -> None:
+    """The openai SDK drives the loop: two parallel calls, both results sent back, answer."""
+    if stack.version != FULL:
+        pytest.skip("function calling needs codex 0.169.0")
+    from openai import OpenAI
+
+    run, prompt = tagged("tools")
+    base_url = stack.server.base_url + "/v1"
+
+    def loop() -> tuple[list[Any], str | None]:
+        client = OpenAI(base_url=base_url, api_key=AUTH["Authorization"].split()[1],
+                        max_retries=0, timeout=60)
+        messages: list[Any] = [{"role": "user", "content": prompt}]
+        if stream:
+            calls: dict[int, dict[str, Any]] = {}
+            finish = None
+            with client.chat.completions.create(model="codex-5", messages=messages,
+                                                tools=TOOLS, stream=True) as chunks:
+                for chunk in chunks:
+                    for choice in chunk.choices:
+                        finish = choice.finish_reason or finish
+                        for delta in choice.delta.tool_calls or []:
+                            entry = calls.setdefault(delta.index, {"arguments": ""})
+                            if delta.id:
+                                entry["id"] = delta.id
+                            if delta.function and delta.function.name:
+                                entry["name"] = delta.function.name
+                            if delta.function and delta.function.arguments:
+                                entry["arguments"] += delta.function.arguments
+            assert finish == "tool_calls"
+            tool_calls = [{"id": c["id"], "type": "function",
+                           "function": {"name": c["name"], "arguments": c["arguments"]}}
+                          for _, c in sorted(calls.items())]
+        else:
+            first = client.chat.completions.create(model="codex-5", messages=messages,
+                                                   tools=TOOLS)
+            assert first.choices[0].finish_reason == "tool_calls"
+            tool_calls = [call.model_dump() for call in first.choices[0].message.tool_calls or []]
+        results = {"get_weather": "sunny", "get_time": "14:05"}
+        messages.append({"role": "assistant", "content": None, "tool_calls": tool_calls})
+        for call in tool_calls:
+            messages.append({"role": "tool", "tool_call_id": call["id"],
+                             "content": results[call["function"]["name"]]})
+        final = client.chat.completions.create(model="codex-5", messages=messages, tools=TOOLS)
+        return tool_calls, final.choices[0].message.content
+
+    with trio.fail_after(120):
+        tool_calls, answer = await trio.to_thread.run_sync(loop)
+    assert [c["function"]["name"] for c in tool_calls] == ["get_weather", "get_time"]
+    assert answer == "Results: sunny; 14:05."
+    assert len(stack.upstream_requests(run)) == 2
+    await stack.wait_for(lambda: not stack.rollouts(), "a tool thread was left behind")
+
+
+# --------------------------------------------------------------------------- memory and disk
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in _proc(pid, "status").decode(errors="replace").splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _tree_bytes(root: Path, skip: tuple[str, ...] = ()) -> int:
+    """Disk used under ``root``: each inode once, symlinks not followed (codex links its own
+    binary into CODEX_HOME as helper aliases)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for folder, _, files in os.walk(root):
+        for name in files:
+            if name.startswith(skip):
+                continue
+            info = os.lstat(os.path.join(folder, name))
+            if not stat.S_ISREG(info.st_mode) or (info.st_dev, info.st_ino) in seen:
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            total += info.st_blocks * 512
+    return total
+
+
+async def test_worker_memory_and_codex_home_stay_flat(
+    codex_launcher: tuple[str, Path], upstream: Upstream, tmp_path: Path
+) -> None:
+    """1,000 requests on one worker: after a warm-up its RSS and CODEX_HOME's size stay flat
+    (every thread is deleted, or on 0.100-0.139 archived and pruned).
+
+    Measured on 0.169.0: about +35 MB RSS and +7 MB of sqlite files over the first ~100
+    requests (codex's caches and databases warming up), then flat to 1,200 requests. The
+    figures after 10, 100 and 1,000 requests are printed.
+    """
+    async with trio.open_nursery() as nursery:
+        st = await start_stack(codex_launcher, upstream, tmp_path, nursery, PROXY_WORKERS="1",
+                               PROXY_WORKER_MAX_REQUESTS="0", PROXY_MAX_CONCURRENCY="16")
+        try:
+            await st.ready()
+            (worker,) = native_workers(st.codex_home)
+            figures: dict[int, tuple[int, int]] = {}
+            done = 0
+            # 0.100-0.139 keep their own feedback log (logs_2.sqlite) without a bound, about
+            # 100 KB a request; it is not ours to trim while codex writes it, so it is left out
+            # of their figure (the README says so).
+            skip = ("logs_2.sqlite",) if st.version != FULL else ()
+
+            async def batch(count: int) -> None:
+                nonlocal done
+                limiter = trio.CapacityLimiter(8)
+
+                async def one() -> None:
+                    nonlocal done
+                    async with limiter:
+                        _, prompt = tagged("normal")
+                        resp = await st.client.post("/v1/chat/completions", headers=AUTH,
+                                                    json=chat(prompt))
+                        assert resp.status_code == 200, resp.text
+                        done += 1
+
+                async with trio.open_nursery() as inner:
+                    for _ in range(count):
+                        inner.start_soon(one)
+
+            with trio.fail_after(900):
+                for target in (10, 100, 1000):
+                    await batch(target - done)
+                    await st.wait_for(lambda: not st.rollouts(), "threads left behind")
+                    await trio.sleep(1)  # let codex settle its sqlite files
+                    figures[target] = (_rss_bytes(worker), _tree_bytes(st.codex_home, skip))
+            shown = ", ".join(f"{n}: RSS {rss >> 20} MB, CODEX_HOME {disk >> 10} KB"
+                              for n, (rss, disk) in figures.items())
+            print(f"codex {st.version} after N requests: {shown}")
+            assert native_workers(st.codex_home) == [worker]
+            rss_growth = figures[1000][0] - figures[100][0]
+            disk_growth = figures[1000][1] - figures[100][1]
+            assert rss_growth < 24 * 1024 * 1024, shown
+            assert disk_growth < 8 * 1024 * 1024, shown
+        finally:
+            await finish_stack(st)
+            nursery.cancel_scope.cancel()

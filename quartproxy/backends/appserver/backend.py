@@ -115,16 +115,6 @@ class AppServerBackend:
                            for index, state in enumerate(self._slot_state))
         return [f"no codex app-server worker is ready ({states})", *problems]
 
-    def _pick(self) -> Worker | None:
-        limit = self.settings.worker_max_turns
-        best: Worker | None = None
-        for worker in self.slots:
-            if worker is None or not worker.accepting or worker.active >= limit:
-                continue
-            if best is None or worker.active < best.active:
-                best = worker
-        return best
-
     async def aclose(self) -> None:
         """Shut down gracefully: take no new turns, let every worker delete its threads and
         exit once idle (stdin closed), within ``WORKER_SHUTDOWN_GRACE_MS``; the pool's
@@ -137,10 +127,24 @@ class AppServerBackend:
             for worker in self.workers():
                 await worker.gone.wait()
 
+    def _pick(self) -> Worker | None:
+        limit = self.settings.worker_max_turns
+        best: Worker | None = None
+        for worker in self.slots:
+            if worker is None or not worker.accepting or worker.load >= limit:
+                continue
+            if best is None or worker.load < best.load:
+                best = worker
+        return best
+
     async def _lease(self) -> Worker:
         if self._closing:
             raise BackendUnavailable("The server is shutting down.", code="shutting_down")
-        deadline = trio.current_time() + self.settings.queue_timeout_ms / 1000
+        limit = self.settings.worker_max_turns
+        queue_deadline = trio.current_time() + self.settings.queue_timeout_ms / 1000
+        # A worker that is full only because codex is still deleting finished threads frees
+        # up by itself: waiting for that is not queueing, so it has its own (RPC) bound.
+        cleanup_deadline = trio.current_time() + self.settings.worker_rpc_timeout_ms / 1000
         while True:
             worker = self._pick()
             if worker is not None:
@@ -150,10 +154,16 @@ class AppServerBackend:
                     self._recycle(worker)
                 return worker
             ready = [w for w in self.slots if w is not None and w.accepting]
+            deleting = any(w.active < limit for w in ready)
+            # Workers still starting (or restarting after a crash) will take turns soon.
+            starting = not ready and any(
+                state in ("starting", "recycling") for state in self._slot_state
+            )
+            deadline = cleanup_deadline if deleting or starting else queue_deadline
             if trio.current_time() >= deadline:
                 if ready:
                     raise BackendBusy(
-                        f"Every codex worker is carrying {self.settings.worker_max_turns} turns "
+                        f"Every codex worker is carrying {limit} threads "
                         "(PROXY_WORKER_MAX_TURNS). Retry shortly."
                     )
                 raise BackendUnavailable(
@@ -192,13 +202,17 @@ class AppServerBackend:
                 nursery.start_soon(self._keep_slot, index)
             if not self.features.thread_delete:
                 nursery.start_soon(self._prune_archive)
+            # "Serving" should mean a request can be answered: wait for the first worker (a
+            # broken codex does not hold start-up past the handshake timeout; /readyz says why).
+            with trio.move_on_after(self.settings.worker_handshake_timeout_ms / 1000):
+                await self.ready_count.wait_value(lambda n: n >= 1)
             task_status.started()
 
     def _new_worker(self, index: int) -> Worker:
         self._generation += 1
         settings = self.settings
         program = self.program or resolve_executable(settings)
-        return Worker(
+        worker = Worker(
             name=f"w{index}.{self._generation}",
             argv=worker_argv(program, settings),
             env=self.env,
@@ -213,6 +227,8 @@ class AppServerBackend:
             shutdown_grace_s=settings.worker_shutdown_grace_ms / 1000,
             cleanup_method="thread/delete" if self.features.thread_delete else "thread/archive",
         )
+        worker.on_capacity = self._notify
+        return worker
 
     async def _keep_slot(self, index: int) -> None:
         settings = self.settings
@@ -343,8 +359,21 @@ class AppServerBackend:
             if isinstance(turn, dict) and isinstance(turn.get("id"), str):
                 translator.turn_id = turn["id"]
 
+        def orphaned(result: Any) -> None:
+            # The request gave up before codex answered: delete the thread it did start.
+            thread = result.get("thread") if isinstance(result, dict) else None
+            if isinstance(thread, dict) and isinstance(thread.get("id"), str):
+                worker.end_thread(thread["id"])
+
         try:
-            await worker.call("thread/start", plan.thread_start, on_result=register)
+            try:
+                await worker.call("thread/start", plan.thread_start, on_result=register,
+                                  on_late=orphaned)
+            except BaseException:
+                # Cancelled (or failed) after codex answered: the thread exists, delete it.
+                for route in routes:
+                    worker.end_thread(route.thread_id)
+                raise
             if not routes:
                 raise BackendUnavailable("codex did not return a thread id for thread/start.")
             route = routes[0]

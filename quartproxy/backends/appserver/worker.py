@@ -57,7 +57,8 @@ from .translate import TurnTranslator
 log = logging.getLogger("quartproxy.appserver")
 
 HEALTH_TIMEOUT_S = 5.0
-DELETE_TIMEOUT_S = 10.0
+DELETE_TIMEOUT_S = 60.0
+CLEANUPS_IN_FLIGHT = 32
 
 
 class WorkerGone(Exception):
@@ -81,6 +82,8 @@ class _Pending:
     done: trio.Event = field(default_factory=trio.Event)
     response: Response | None = None
     on_result: Callable[[Any], None] | None = None
+    on_late: Callable[[Any], None] | None = None  # the caller left before the answer came
+    abandoned: bool = False
 
 
 class ThreadRoute:
@@ -201,6 +204,11 @@ class Worker:
         self.user_agent: str | None = None
         self.routes: dict[str, ThreadRoute] = {}
         self.active = 0  # turns leased on this worker (starting or running)
+        # Threads whose request ended but which codex has not deleted yet. They still take
+        # codex's memory (and disk), so they count against the worker's capacity: when codex
+        # deletes more slowly than requests end, new turns wait instead of piling threads up.
+        self.cleanups_pending = 0
+        self.on_capacity: Callable[[], None] | None = None  # the pool's wake-up
         self.requests = 0  # turns ever leased
         self.failure: str | None = None  # why it was ended, for /readyz and logs
         self.exit_code: int | None = None
@@ -243,6 +251,11 @@ class Worker:
         self.active += 1
         self.requests += 1
 
+    @property
+    def load(self) -> int:
+        """Threads this worker holds: running turns plus threads waiting to be deleted."""
+        return self.active + self.cleanups_pending
+
     def release(self) -> None:
         self.active -= 1
         if self.active == 0 and self.retiring.is_set():
@@ -262,29 +275,41 @@ class Worker:
         *,
         timeout_s: float | None = None,
         on_result: Callable[[Any], None] | None = None,
+        on_late: Callable[[Any], None] | None = None,
+        health: bool = True,
     ) -> Any:
         """Send a request and wait for its answer (``on_result`` runs in the reader, before
-        any later line is routed)."""
+        any later line is routed). A timeout counts against the worker's health unless
+        ``health`` is false (thread deletions: codex does them one by one and slowly, so a long
+        queue of them is load, not a hang). ``on_late`` gets a result that arrives after the
+        caller stopped waiting (timed out or cancelled): a thread started for a request that is
+        already gone must still be deleted."""
         if self.gone.is_set():
             raise WorkerGone(self.failure or "the worker is gone")
         request_id = self._next_id
         self._next_id += 1
-        pending = _Pending(method, on_result=on_result)
+        pending = _Pending(method, on_result=on_result, on_late=on_late)
         self._pending[request_id] = pending
         self.send_line(encode_request(request_id, method, params))
         try:
             with trio.move_on_after(self.rpc_timeout_s if timeout_s is None else timeout_s):
                 await pending.done.wait()
         finally:
-            self._pending.pop(request_id, None)
+            if pending.done.is_set() or on_late is None:
+                self._pending.pop(request_id, None)
+            else:
+                pending.abandoned = True  # stays until its answer comes, for on_late
         response = pending.response
         if not pending.done.is_set():
+            if not health:
+                raise RpcTimeout(f"{method} got no answer within {timeout_s or 0:.1f} s")
             self._timeouts_in_row += 1
             if self._timeouts_in_row >= 2:
                 self.fail(f"{self._timeouts_in_row} calls in a row got no answer")
             raise RpcTimeout(f"{method} got no answer within "
                              f"{self.rpc_timeout_s if timeout_s is None else timeout_s:.1f} s")
-        self._timeouts_in_row = 0
+        if health:
+            self._timeouts_in_row = 0
         if response is None:
             raise WorkerGone(self.failure or "the worker exited")
         if response.error is not None:
@@ -296,8 +321,11 @@ class Worker:
         route = self.routes.pop(thread_id, None)
         if route is not None:
             route.close(None)
-        with contextlib.suppress(trio.ClosedResourceError):
+        try:
             self._cleanups_send.send_nowait(thread_id)
+        except trio.ClosedResourceError:
+            return
+        self.cleanups_pending += 1
 
     # ------------------------------------------------------------------ lifetime
 
@@ -403,6 +431,9 @@ class Worker:
         if self.failure is None and not self.retiring.is_set():
             self.failure = "the process exited"
             log.warning("worker %s exited unexpectedly", self.name)
+        # Stop taking turns before the running ones learn of the exit: their clients may
+        # retry at once, and the pool must not lease the dead process to them.
+        self.retiring.set()
         for route in list(self.routes.values()):
             route.close(End.WORKER_EXIT)
         self.routes.clear()
@@ -442,6 +473,13 @@ class Worker:
             log.debug("worker %s: answer to unknown request %r", self.name, response.id)
             return
         pending.response = response
+        if pending.abandoned:
+            if response.error is None and pending.on_late is not None:
+                try:
+                    pending.on_late(response.result)
+                except Exception:
+                    log.exception("worker %s: late %s result", self.name, pending.method)
+            return
         if response.error is None and pending.on_result is not None:
             try:
                 pending.on_result(response.result)
@@ -472,15 +510,29 @@ class Worker:
             self._cleanups_done.set()
 
     async def _cleanup_each(self) -> None:
-        async for thread_id in self._cleanups:
-            try:
-                await self.call(self.cleanup_method, {"threadId": thread_id},
-                                timeout_s=DELETE_TIMEOUT_S)
-            except RpcFailed as exc:
-                log.debug("worker %s: %s", self.name, exc)
-            except (RpcTimeout, WorkerGone) as exc:
-                log.warning("worker %s: %s of %s: %s", self.name, self.cleanup_method,
-                            thread_id, exc)
+        # Several at once: codex takes a while over each (on 0.169.0 one delete of an idle
+        # thread costs about as much as a short turn), and one at a time falls behind as soon as
+        # requests come faster than that — every thread left behind keeps its rollout on disk.
+        limiter = trio.CapacityLimiter(CLEANUPS_IN_FLIGHT)
+        async with trio.open_nursery() as nursery:
+            async for thread_id in self._cleanups:
+                await limiter.acquire_on_behalf_of(thread_id)
+                nursery.start_soon(self._cleanup_one, thread_id, limiter)
+
+    async def _cleanup_one(self, thread_id: str, limiter: trio.CapacityLimiter) -> None:
+        try:
+            await self.call(self.cleanup_method, {"threadId": thread_id},
+                            timeout_s=DELETE_TIMEOUT_S, health=False)
+        except RpcFailed as exc:
+            log.debug("worker %s: %s", self.name, exc)
+        except (RpcTimeout, WorkerGone) as exc:
+            log.warning("worker %s: %s of %s: %s", self.name, self.cleanup_method,
+                        thread_id, exc)
+        finally:
+            limiter.release_on_behalf_of(thread_id)
+            self.cleanups_pending -= 1
+            if self.on_capacity is not None:
+                self.on_capacity()
 
     async def _health_loop(self) -> None:
         while True:
