@@ -19,6 +19,30 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def stress(session: nox.Session) -> None:
+    """The repeat loops at their full counts (tests marked ``slow``; the default run does one
+    pass of each): 10 x SIGTERM with open streams, 50 x truncation, 50 x 429 at the limit.
+    ``QUARTPROXY_REPEAT=<n>`` in the environment sets another count for every loop."""
+    import os
+
+    session.install("-e", ".[test]")
+    repeat = os.environ.get("QUARTPROXY_REPEAT", "full")
+    session.run("pytest", "-q", "-m", "slow", *session.posargs,
+                env={"QUARTPROXY_REPEAT": repeat})
+
+
+@nox.session(python=PYTHON)
+def soak(session: nox.Session) -> None:
+    """A few minutes of abuse against the server process, with figures: hundreds of random
+    client resets (then no child, no zombie, fds back, one usage record per turn), fuzzed
+    requests (envelopes, never a 5xx or a hang), and a Redis restart under a shared limit.
+    Sizes: QUARTPROXY_SOAK_DISCONNECTS, QUARTPROXY_SOAK_FUZZ; QUARTPROXY_SOAK_SEED replays."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-q", "-s", "-p", "no:cacheprovider", "tests/soak", *session.posargs,
+                env={"QUARTPROXY_SOAK": "1"})
+
+
+@nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.6")
     session.run("ruff", "check", "quartproxy", "tests", "fixtures", "deploy", "benchmarks",

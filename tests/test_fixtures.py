@@ -30,7 +30,7 @@ FIXTURES = ROOT / "fixtures"
 CAPTURES = FIXTURES / "captures"
 FAKE = FIXTURES / "fake_codex.py"
 DEMO = ROOT / "quartproxy" / "demo_backend.py"
-READ_TIMEOUT = 5.0
+READ_TIMEOUT = 60.0  # a hang guard: a loaded machine may start the fake slowly
 NORMAL_TEXT = "Hello! This is a streamed answer from the fake upstream."
 
 

@@ -1,4 +1,10 @@
-"""Graceful SIGTERM/SIGINT shutdown of the real server process (issue: shutdown and edge)."""
+"""Graceful SIGTERM/SIGINT shutdown of the real server process.
+
+What is asserted is outcomes — every stream contract-valid and ending in [DONE], every
+non-stream answer valid JSON, exit code 0, no child left, no traceback — never how fast the
+server got there: a loaded machine may take any time. ``trio.fail_after`` here is a hang guard
+only, and lower bounds (the grace was granted) are safe since load cannot make a process early.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import trio
 
 from quartproxy import contract
 
-from .conftest import AUTH, chat_body, pid_alive
+from .conftest import AUTH, chat_body, pid_alive, repeat_count
 from .servers import ServerProcess, fake_env
 
 
@@ -34,16 +40,16 @@ async def start(
     return await ServerProcess(tmp_path, fake_env(fast_fake, **settings)).start(nursery)
 
 
-async def test_idle_sigterm_exits_promptly_and_refuses_connections(
+async def test_idle_sigterm_exits_without_the_grace_and_refuses_connections(
     tmp_path: Path, fast_fake: Path
 ) -> None:
     async with trio.open_nursery() as nursery:
-        # Nothing in flight: the drain ends at once, not after the (long) grace.
-        server = await start(nursery, tmp_path, fast_fake, PROXY_SHUTDOWN_GRACE_MS=120_000)
+        # Nothing is in flight, so nothing may wait for the (ten-minute) grace.
+        server = await start(nursery, tmp_path, fast_fake, PROXY_SHUTDOWN_GRACE_MS=600_000)
         async with httpx.AsyncClient(base_url=server.base_url) as client:
             assert (await client.get("/readyz")).status_code == 200
         server.signal(signal.SIGTERM)
-        with trio.fail_after(60):  # a hang guard, half the grace
+        with trio.fail_after(120):  # hang guard, far below the grace
             code = await server.wait()
         assert code == 0
         with pytest.raises(httpx.ConnectError):
@@ -53,15 +59,33 @@ async def test_idle_sigterm_exits_promptly_and_refuses_connections(
     assert_clean_stderr(server)
 
 
-@pytest.mark.parametrize("attempt", range(10))
+def proto_deltas(path: Path, request_id: str) -> int:
+    """How many answer deltas the server has read from this request's child (proto log)."""
+    if not path.exists():
+        return 0
+    count = 0
+    for line in path.read_bytes().splitlines():
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue  # a line being appended
+        if record.get("req_id") == request_id and "agent_message_delta" in record.get("line", ""):
+            count += 1
+    return count
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attempt", range(repeat_count(10)))
 async def test_sigterm_with_open_streams_and_requests(
     tmp_path: Path, fast_fake: Path, attempt: int
 ) -> None:
     grace_ms = 600
+    proto_log = tmp_path / "proto.ndjson"
     streams: list[bytes] = []
     answers: list[httpx.Response] = []
     async with trio.open_nursery() as nursery:
-        server = await start(nursery, tmp_path, fast_fake, PROXY_SHUTDOWN_GRACE_MS=grace_ms)
+        server = await start(nursery, tmp_path, fast_fake, PROXY_SHUTDOWN_GRACE_MS=grace_ms,
+                             PROXY_LOG_PROTO="true", PROTO_LOG_PATH=str(proto_log))
         limits = httpx.Limits(max_connections=40)
         async with httpx.AsyncClient(base_url=server.base_url, timeout=30, limits=limits) as client:
             content_seen = trio.Semaphore(0)
@@ -82,30 +106,37 @@ async def test_sigterm_with_open_streams_and_requests(
                 streams.append(raw)
                 contract.assert_valid(contract.check_chat_stream(raw, include_usage=include_usage))
 
-            async def ask(prompt: str) -> None:
+            async def ask(prompt: str, request_id: str) -> None:
                 answers.append(await client.post("/v1/chat/completions", json=chat_body(prompt),
-                                                 headers=AUTH))
+                                                 headers={**AUTH, "X-Request-Id": request_id}))
 
+            with_text = [f"sigterm-{attempt}-text-{i}" for i in range(3)]
             async with trio.open_nursery() as clients:
                 for i in range(20):
                     clients.start_soon(stream, i % 2 == 0)
-                for i in range(5):
-                    clients.start_soon(ask, "SCENARIO=stream_hang" if i < 3 else "SCENARIO=hang")
+                for request_id in with_text:
+                    clients.start_soon(ask, "SCENARIO=stream_hang", request_id)
+                for i in range(2):
+                    clients.start_soon(ask, "SCENARIO=hang", f"sigterm-{attempt}-silent-{i}")
                 for _ in range(20):
                     await content_seen.acquire()
-                # Every child has been spawned once its stream shows content; the non-stream
-                # children write their pid file before anything else.
-                with trio.fail_after(10):
+                # Hang guards while other processes are observed: every child has been spawned
+                # (the non-stream children write their pid file before anything else), and the
+                # server has read all three deltas of each stream_hang non-stream request.
+                with trio.fail_after(120):
                     while len(server.child_pids()) < 25:  # noqa: ASYNC110
+                        await trio.sleep(0.01)
+                    while any(proto_deltas(proto_log, rid) < 3 for rid in with_text):  # noqa: ASYNC110
                         await trio.sleep(0.01)
                 signalled_at = trio.current_time()
                 server.signal(signal.SIGTERM)
-                with trio.fail_after(grace_ms / 1000 + 30):  # a hang guard
+                with trio.fail_after(120):  # hang guard only
                     code = await server.wait()
                 exited_after = trio.current_time() - signalled_at
         nursery.cancel_scope.cancel()
     assert code == 0
-    assert exited_after >= grace_ms / 1000 * 0.9  # in-flight work got its grace
+    # In-flight work got its grace (a lower bound: no amount of load makes the exit early).
+    assert exited_after >= grace_ms / 1000 * 0.9
     assert len(streams) == 20
     for raw in streams:
         text, finish, _ = contract.collect_stream_content(raw)
@@ -124,7 +155,7 @@ async def test_sigterm_with_open_streams_and_requests(
 
 async def test_second_signal_skips_the_grace(tmp_path: Path, fast_fake: Path) -> None:
     async with trio.open_nursery() as nursery:
-        server = await start(nursery, tmp_path, fast_fake, PROXY_SHUTDOWN_GRACE_MS=60_000)
+        server = await start(nursery, tmp_path, fast_fake, PROXY_SHUTDOWN_GRACE_MS=600_000)
         async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
             raw = b""
             async with client.stream("POST", "/v1/chat/completions", headers=AUTH,
@@ -133,11 +164,11 @@ async def test_second_signal_skips_the_grace(tmp_path: Path, fast_fake: Path) ->
                     raw += chunk
                     if b'" is"' in raw and not server.stderr.count(b"received"):
                         server.signal(signal.SIGTERM)
-                        with trio.fail_after(10):
+                        with trio.fail_after(120):  # hang guard
                             while b"SIGTERM received" not in server.stderr:  # noqa: ASYNC110
                                 await trio.sleep(0.01)
                         server.signal(signal.SIGINT)
-        with trio.fail_after(30):  # a hang guard, half the 60 s grace
+        with trio.fail_after(120):  # hang guard, far below the ten-minute grace
             code = await server.wait()
         nursery.cancel_scope.cancel()
     assert code == 0

@@ -111,13 +111,15 @@ def test_completion_burst_cut_is_an_end_cause() -> None:
          f"Let me check. {BLOCK_A}"),
         ({"stop_after_tools": True, "tool_block_max": 2},
          f"Let me check. {BLOCK_A} then {BLOCK_B}"),
+        # The grace runs in real time between the child's writes here, so the cut may come
+        # after either block on a slow machine; its exact timing is in test_relay_timers.py.
         ({"stop_after_tools": True, "stop_after_tools_grace_ms": 200},
-         f"Let me check. {BLOCK_A} then {BLOCK_B}"),
+         (f"Let me check. {BLOCK_A}", f"Let me check. {BLOCK_A} then {BLOCK_B}")),
     ],
     ids=["off", "suppress_tail", "first", "max", "burst"],
 )
 async def test_tool_modes_over_http(
-    start_proxy: StartProxy, settings: dict[str, Any], expected: str
+    start_proxy: StartProxy, settings: dict[str, Any], expected: str | tuple[str, ...]
 ) -> None:
     proxy = await start_proxy(**settings)
     # The child pauses 30 s after the tail: only a cut (or the end of the turn without
@@ -129,10 +131,11 @@ async def test_tool_modes_over_http(
         _, raw = await read_stream(client, "/v1/chat/completions",
                                    chat_body(prompt, stream=True,
                                              stream_options={"include_usage": True}))
+    allowed = expected if isinstance(expected, tuple) else (expected,)
     assert resp.status_code == 200
-    assert resp.json()["choices"][0]["message"]["content"] == expected
+    assert resp.json()["choices"][0]["message"]["content"] in allowed
     assert resp.json()["choices"][0]["finish_reason"] == "stop"
     contract.assert_valid(contract.check_chat_stream(raw, include_usage=True))
     text, finish, usage = contract.collect_stream_content(raw)
-    assert (text, finish) == (expected, "stop") and usage is not None
+    assert text in allowed and finish == "stop" and usage is not None
     await proxy.wait_idle()

@@ -46,6 +46,9 @@ class MemoryTurn:
         return self
 
     async def __anext__(self) -> list[Event]:
+        # Every step is a checkpoint, as reading a pipe or a channel is: a turn whose scope is
+        # already cancelled (shutdown before the first event) gets no event through.
+        await trio.lowlevel.checkpoint()
         while self._index < len(self._steps):
             step = self._steps[self._index]
             self._index += 1
@@ -57,7 +60,6 @@ class MemoryTurn:
                 return step
             else:
                 return [step]
-        await trio.lowlevel.checkpoint()
         raise StopAsyncIteration
 
 
