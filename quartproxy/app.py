@@ -62,8 +62,8 @@ class AppState:
         fields = exchange.access_fields()
         write_access(fields)
         route = exchange.route or "unmatched"
-        self.metrics.requests.labels(route, str(fields["status"])).inc()
-        self.metrics.latency.labels(route).observe(fields["dur_ms"] / 1000)
+        self.metrics.requests_by(route, str(fields["status"])).inc()
+        self.metrics.latency_by(route).observe(fields["dur_ms"] / 1000)
         span = exchange.span
         if span.recording:
             status = int(fields["status"])
