@@ -333,25 +333,28 @@ def _check_grammar(body: bytes, sink: _Sink) -> tuple[str, list[Frame]]:
 # --------------------------------------------------------------------------- shared checks
 
 
-def _check_usage(usage: object, sink: _Sink) -> None:
+def _check_usage(usage: object, sink: _Sink, *, prompt: str = "prompt_tokens",
+                 completion: str = "completion_tokens", prompt_details: str =
+                 "prompt_tokens_details", completion_details: str =
+                 "completion_tokens_details") -> None:
+    """Counts are integers >= 0 and the total is their sum (never codex's own total); chat and
+    legacy name them prompt/completion, the Responses API input/output."""
     if not isinstance(usage, dict):
         sink.add("bad-usage", f"usage must be an object, got {_type_name(usage)}")
         return
     counts: dict[str, int] = {}
-    for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+    for key in (prompt, completion, "total_tokens"):
         value = usage.get(key)
         if _is_count(value):
             counts[key] = value
         else:
             sink.add("bad-usage", f"usage.{key} must be an integer >= 0, got {value!r}")
-    if len(counts) == 3 and counts["total_tokens"] != (
-        counts["prompt_tokens"] + counts["completion_tokens"]
-    ):
+    if len(counts) == 3 and counts["total_tokens"] != counts[prompt] + counts[completion]:
         sink.add("usage-total-mismatch",
-                 f"total_tokens {counts['total_tokens']} != prompt_tokens "
-                 f"{counts['prompt_tokens']} + completion_tokens {counts['completion_tokens']}")
-    _check_usage_details(usage, "prompt_tokens_details", "cached_tokens", sink)
-    _check_usage_details(usage, "completion_tokens_details", "reasoning_tokens", sink)
+                 f"total_tokens {counts['total_tokens']} != {prompt} {counts[prompt]} + "
+                 f"{completion} {counts[completion]}")
+    _check_usage_details(usage, prompt_details, "cached_tokens", sink)
+    _check_usage_details(usage, completion_details, "reasoning_tokens", sink)
 
 
 def _check_usage_details(usage: Mapping[str, Any], key: str, inner: str, sink: _Sink) -> None:
@@ -962,24 +965,9 @@ def parse_responses_sse(body: bytes) -> list[ResponsesEvent]:
 
 
 def _check_responses_usage(usage: object, sink: _Sink) -> None:
-    if not isinstance(usage, dict):
-        sink.add("bad-usage", f"usage must be an object, got {_type_name(usage)}")
-        return
-    counts: dict[str, int] = {}
-    for key in ("input_tokens", "output_tokens", "total_tokens"):
-        value = usage.get(key)
-        if _is_count(value):
-            counts[key] = value
-        else:
-            sink.add("bad-usage", f"usage.{key} must be an integer >= 0, got {value!r}")
-    if len(counts) == 3 and counts["total_tokens"] != (
-        counts["input_tokens"] + counts["output_tokens"]
-    ):
-        sink.add("usage-total-mismatch",
-                 f"total_tokens {counts['total_tokens']} != input_tokens "
-                 f"{counts['input_tokens']} + output_tokens {counts['output_tokens']}")
-    _check_usage_details(usage, "input_tokens_details", "cached_tokens", sink)
-    _check_usage_details(usage, "output_tokens_details", "reasoning_tokens", sink)
+    _check_usage(usage, sink, prompt="input_tokens", completion="output_tokens",
+                 prompt_details="input_tokens_details",
+                 completion_details="output_tokens_details")
 
 
 def _item_text(item: Mapping[str, Any]) -> str | None:

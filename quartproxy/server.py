@@ -58,7 +58,7 @@ def describe(settings: Settings, backend: Backend) -> str:
     """How the start-up line names the backend."""
     caps = backend.capabilities
     if settings.demo:
-        return "demo backend"
+        return f"demo backend ({caps.name})"
     if caps.name == "app-server":
         return (f"codex {caps.version} app-server backend ({settings.workers} workers, "
                 f"{settings.codex_bin})")

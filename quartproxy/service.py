@@ -271,6 +271,12 @@ class CompletionService:
         if completion.backend_error_text:
             log.warning("codex error: %s", completion.backend_error_text.splitlines()[0][:300],
                         extra=extra)
+        tools = req.tools
+        if (tools is not None and tools.choice in ("required", "function")
+                and not completion.calls and completion.finish_reason is not None):
+            # codex cannot force a call; the nudge in the instructions was not followed.
+            log.info("tool_choice_not_honoured: tool_choice %r, the model answered without a "
+                     "call", tools.choice, extra=extra)
         if completion.calls_dropped:
             log.info("parallel_tool_calls is false: %d further call(s) dropped",
                      completion.calls_dropped, extra=extra)

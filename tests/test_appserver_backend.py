@@ -537,3 +537,17 @@ async def test_tool_loop_through_the_fake(start_proxy: StartProxy, tmp_path: Pat
         "message", "function_call", "function_call", "function_call_output",
         "function_call_output"]
 
+
+
+async def test_unforceable_tool_choice_is_logged_when_not_honoured(
+    start_proxy: StartProxy, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy, _ = await app_proxy(start_proxy, tmp_path)
+    caplog.set_level("INFO", logger="quartproxy")
+    async with proxy.client() as client:
+        resp = await client.post("/v1/chat/completions", headers=AUTH, json=chat_body(
+            "hi", tools=TOOLS, tool_choice="required"))
+    assert resp.json()["choices"][0]["finish_reason"] == "stop"  # text, no call: best effort
+    with trio.fail_after(30):  # the usage record is written after the turn's log lines
+        await proxy.state.usage_log.written.wait_value(lambda n: n >= 1)
+    assert any("tool_choice_not_honoured" in r.getMessage() for r in caplog.records)

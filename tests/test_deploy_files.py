@@ -31,7 +31,7 @@ DOCKERFILE = DEPLOY / "Dockerfile"
 DOCKERIGNORE = DEPLOY / "Dockerfile.dockerignore"
 COMPOSE = DEPLOY / "compose.yaml"
 
-# App defaults (shared/spec/config.md) the deploy files have to be matched to.
+# App defaults (quartproxy/config.py) the deploy files have to be matched to.
 DEFAULT_GRACE_MS = 10_000  # PROXY_SHUTDOWN_GRACE_MS
 CHILD_KILL_GRACE_MS = 2_000  # PROXY_CHILD_KILL_GRACE_MS
 KEEPALIVE_MS = 15_000  # PROXY_SSE_KEEPALIVE_MS

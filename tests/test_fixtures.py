@@ -3,12 +3,15 @@
 Every proxy test that uses ``fixtures/fake_codex.py`` or the ``--demo`` backend trusts that
 these programs speak the protocol the way the real binary does (see ``fixtures/captures/``).
 If they drift, proxy tests keep passing against a fiction, so the doubles are checked here
-directly, line by line, against the recorded captures where a capture exists.
+directly, line by line, against the recorded captures where a capture exists. The demo's
+app-server mode is held against ``fixtures/fake_app_server.py``, which
+``tests/test_fake_app_server.py`` holds against the app-server captures.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -19,11 +22,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from quartproxy.backends.appserver.params import OPT_OUT_METHODS
+from quartproxy.backends.appserver.version import (
+    BackendKind,
+    CodexVersion,
+    choose_backend,
+    features_for,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures"
@@ -421,3 +432,297 @@ def test_demo_backend_honours_interrupt(spawn: Any) -> None:
     rest = child.events_until("turn_aborted", "task_complete")
     assert rest[-1] == {"id": "d-2", "msg": {"type": "turn_aborted", "reason": "interrupted"}}
     assert child.stays_alive(0.1)
+
+
+# ------------------------------------------------------------------ the demo as an app-server
+
+FAKE_APP = FIXTURES / "fake_app_server.py"
+# What codex says that the demo has nothing to say about: account limits, model metadata,
+# sandbox and remote-control notices. Everything else it sends as codex does.
+DEMO_NEVER_SENDS = frozenset(
+    {"account/rateLimits/updated", "warning", "configWarning", "remoteControl/status/changed"}
+)
+
+
+class Rpc:
+    """A JSON-RPC session with an app-server child: every message it printed, in order."""
+
+    def __init__(self, child: Child) -> None:
+        self.child = child
+        self.seen: list[dict[str, Any]] = []
+        self.ids = itertools.count(1)
+
+    def request(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {"id": next(self.ids), "method": method, "params": params or {}}
+
+    def write(self, *messages: dict[str, Any]) -> None:
+        """All in one write: the child reads them together (a pipe write this small is atomic)."""
+        assert self.child.proc.stdin is not None
+        self.child.proc.stdin.write(b"".join(json.dumps(m).encode() + b"\n" for m in messages))
+        self.child.proc.stdin.flush()
+
+    def until(self, done: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        """Messages up to and including the first for which ``done`` is true."""
+        got: list[dict[str, Any]] = []
+        while True:
+            msg = self.child.event()
+            assert msg is not None, f"stdout closed; got {[key(m) for m in got]}"
+            got.append(msg)
+            self.seen.append(msg)
+            if done(msg):
+                return got
+
+    def call(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Send a request; its response (``result`` or ``error``) once it arrives."""
+        req = self.request(method, params)
+        self.write(req)
+        return self.until(lambda m: answers(m, req))[-1]
+
+    def result(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        resp = self.call(method, params)
+        assert "result" in resp, resp
+        return resp["result"]
+
+    def handshake(self, **capabilities: Any) -> dict[str, Any]:
+        params: dict[str, Any] = {"clientInfo": {"name": "qp-test", "title": None,
+                                                 "version": "9.9.9"}}
+        if capabilities:
+            params["capabilities"] = capabilities
+        result: dict[str, Any] = self.result("initialize", params)
+        self.write({"method": "initialized"})
+        return result
+
+
+def answers(msg: dict[str, Any], req: dict[str, Any]) -> bool:
+    return "method" not in msg and msg.get("id") == req["id"]
+
+
+def is_note(method: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda msg: msg.get("method") == method and "id" not in msg
+
+
+def key(msg: dict[str, Any]) -> str:
+    if "method" in msg:
+        return str(msg["method"])
+    return "error" if "error" in msg else "result"
+
+
+def collapsed(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Without what the demo never sends, and a run of deltas as one (its length is the text's)."""
+    out: list[dict[str, Any]] = []
+    for msg in msgs:
+        if key(msg) in DEMO_NEVER_SENDS:
+            continue
+        if out and key(msg) == key(out[-1]) == "item/agentMessage/delta":
+            continue
+        out.append(msg)
+    return out
+
+
+def shape(obj: Any) -> Any:
+    """The key structure: dict keys recursively, a list as the shape of its first element."""
+    if isinstance(obj, dict):
+        return {k: shape(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [shape(obj[0])] if obj else []
+    return None
+
+
+def extra_keys(real: Any, demo: Any, path: str = "") -> list[str]:
+    """Keys the demo has that codex does not (it may leave some out, never invent any)."""
+    if isinstance(real, dict) and isinstance(demo, dict):
+        out = [f"{path}.{k}" for k in demo if k not in real]
+        for k in real.keys() & demo.keys():
+            out += extra_keys(real[k], demo[k], f"{path}.{k}")
+        return out
+    if isinstance(real, list) and isinstance(demo, list) and real and demo:
+        return extra_keys(real[0], demo[0], f"{path}[0]")
+    return []
+
+
+@pytest.fixture
+def app_server() -> Iterator[Callable[..., Rpc]]:
+    children: list[Child] = []
+
+    def start(*args: str, demo: bool = True, env: dict[str, str] | None = None) -> Rpc:
+        program = DEMO if demo else FAKE_APP
+        child = Child([sys.executable, str(program), "app-server", *args], env)
+        children.append(child)
+        return Rpc(child)
+
+    try:
+        yield start
+    finally:
+        for child in children:
+            child.cleanup()
+
+
+def play_script(rpc: Rpc, hang: str) -> dict[str, list[dict[str, Any]]]:
+    """The conversation the proxy holds with a worker, plus the ways a turn can be cut short.
+
+    ``hang`` is appended to the texts of turns that are cut short: the fake needs a marker to
+    keep such a turn running, the demo ignores it (it quotes it). Every interruption is sent in
+    the same write as the ``turn/start`` it cuts short when the child is the demo (its turn has
+    not streamed a word by then), and after the turn's user message otherwise.
+    """
+    demo = not hang
+    parts: dict[str, list[dict[str, Any]]] = {}
+    mark = len(rpc.seen)
+    rpc.handshake()
+    thread = rpc.result("thread/start", {
+        "cwd": str(ROOT), "approvalPolicy": "never", "sandbox": "read-only", "model": "gpt-demo",
+        "developerInstructions": "Be brief.\n\n"})["thread"]["id"]
+    rpc.result("thread/inject_items", {"threadId": thread, "items": [
+        {"type": "message", "role": "user",
+         "content": [{"type": "input_text", "text": "first question"}]},
+        {"type": "message", "role": "assistant",
+         "content": [{"type": "output_text", "text": "first answer"}]}]})
+    rpc.result("turn/start", {"threadId": thread, "input": [
+        {"type": "text", "text": "What is the capital of France?"}]})
+    rpc.until(is_note("turn/completed"))
+    rpc.result("thread/loaded/list")
+    rpc.call("thread/delete", {"threadId": thread})
+    rpc.until(is_note("thread/deleted"))
+    parts["normal"] = rpc.seen[mark:]
+
+    for cut in ("turn/interrupt", "thread/delete", "thread/archive"):
+        mark = len(rpc.seen)
+        thread = rpc.result("thread/start", {"cwd": str(ROOT)})["thread"]["id"]
+        start = rpc.request("turn/start", {"threadId": thread, "input": [
+            {"type": "text", "text": f"please stop {hang}"}]})
+        stop = rpc.request(cut, {"threadId": thread})
+        if demo:
+            rpc.write(start, stop)
+        else:
+            rpc.write(start)
+            turn = rpc.until(lambda m, s=start: answers(m, s))[-1]["result"]["turn"]["id"]
+            rpc.until(is_note("item/completed"))  # the user message: the turn is under way
+            if cut == "turn/interrupt":
+                stop["params"]["turnId"] = turn  # codex wants it; the demo does not need it
+            rpc.write(stop)
+        rpc.until(lambda m, s=stop: answers(m, s))
+        if cut == "turn/interrupt":
+            rpc.until(is_note("turn/completed"))
+            rpc.call("thread/archive", {"threadId": thread})
+        rpc.until(is_note("thread/archived" if cut != "thread/delete" else "thread/deleted"))
+        parts[cut] = rpc.seen[mark:]
+    return parts
+
+
+def test_demo_app_server_answers_like_the_fake(app_server: Callable[..., Rpc]) -> None:
+    """The same conversation with the fake (as codex 0.140, the release the demo reports) and
+    with the demo: the same messages in the same order and, where codex's structure matters to
+    a client, the same keys."""
+    fake = play_script(app_server(demo=False, env={"FAKE_CODEX_VERSION": "0.140.0"}),
+                       "SCENARIO=hang")
+    demo = play_script(app_server("-c", 'model="gpt-demo"'), "")
+    for part, real_msgs in fake.items():
+        want, got = collapsed(real_msgs), collapsed(demo[part])
+        assert [key(m) for m in got] == [key(m) for m in want], part
+        for real, mine in zip(want, got, strict=True):
+            params = mine.get("params") or {}
+            if "turnId" in params or "turn" in params or "status" in params or (
+                    key(mine) in ("thread/deleted", "thread/archived")):
+                assert shape(mine) == shape(real), (part, key(mine))  # turn and item shapes
+            else:
+                assert not extra_keys(shape(real), shape(mine)), (part, key(mine))
+    statuses = [m["params"]["turn"]["status"] for part in demo.values() for m in part
+                if key(m) == "turn/completed"]
+    assert statuses == ["completed", "interrupted", "interrupted", "interrupted"]
+    assert "\u201cWhat is the capital of France?\u201d" in "".join(
+        m["params"]["delta"] for m in demo["normal"] if key(m) == "item/agentMessage/delta")
+
+
+def test_demo_app_server_turn_with_the_proxys_opt_outs(app_server: Callable[..., Rpc]) -> None:
+    rpc = app_server()
+    init = rpc.handshake(optOutNotificationMethods=list(OPT_OUT_METHODS))
+    assert init["userAgent"] == "qp-test/0.140.0-demo (demo)"
+    version = CodexVersion.parse(init["userAgent"])
+    assert version == CodexVersion(0, 140, 0) == CodexVersion.parse(
+        subprocess.run([sys.executable, str(DEMO), "--version"], capture_output=True, text=True,
+                       check=True, timeout=READ_TIMEOUT).stdout)
+    assert choose_backend(version) is BackendKind.APP_SERVER  # full mode, but …
+    assert not features_for(version).dynamic_tools  # … no function calling
+
+    thread = rpc.result("thread/start", {"cwd": str(ROOT), "developerInstructions": "Brief."})
+    thread_id = thread["thread"]["id"]
+    assert thread["model"] == "gpt-5" and thread["thread"]["cwd"] == str(ROOT)
+    turns = []
+    for text in ("  hello   there ", "and again"):
+        turn = rpc.result("turn/start", {"threadId": thread_id,
+                                         "input": [{"type": "text", "text": text}]})["turn"]
+        msgs = rpc.until(is_note("turn/completed"))
+        assert not {key(m) for m in msgs} & set(OPT_OUT_METHODS)
+        kinds = [key(m) for m in msgs]
+        n = kinds.count("item/agentMessage/delta")
+        assert kinds == ["turn/started", "item/completed", *["item/agentMessage/delta"] * n,
+                         "item/completed", "thread/tokenUsage/updated", "turn/completed"]
+        assert n > 10
+        assert {m["params"]["turnId"] for m in msgs[1:-1]} == {turn["id"]}
+        answer = msgs[-3]["params"]["item"]["text"]
+        assert "".join(m["params"]["delta"] for m in msgs[2:-3]) == answer
+        assert f"\u201c{' '.join(text.split())}\u201d" in answer
+        assert msgs[-1]["params"]["turn"]["items"][0]["text"] == answer
+        turns.append((text, answer, msgs[-2]["params"]["tokenUsage"]))
+
+    # Estimated counts: the thread's text (instructions and input) and the answer, 4 chars each.
+    first, second = (usage["last"] for _, _, usage in turns)
+    assert first["inputTokens"] == math.ceil(len("Brief." + turns[0][0]) / 4)
+    assert first["outputTokens"] == math.ceil(len(turns[0][1]) / 4)
+    assert second["outputTokens"] == math.ceil(len(turns[1][1]) / 4)
+    total = turns[1][2]["total"]
+    for field in ("inputTokens", "outputTokens"):
+        assert total[field] == first[field] + second[field]
+    assert total["totalTokens"] == total["inputTokens"] + total["outputTokens"]
+
+    # A turn that ends with the assistant's words quotes the newest injected user message.
+    other = rpc.result("thread/start", {})["thread"]["id"]
+    rpc.result("thread/inject_items", {"threadId": other, "items": [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "q1"}]},
+        {"type": "message", "role": "system", "content": [{"type": "input_text", "text": "x"}]},
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}]})
+    rpc.result("turn/start", {"threadId": other, "input": []})
+    msgs = rpc.until(is_note("turn/completed"))
+    assert "\u201cq1\u201d" in msgs[-3]["params"]["item"]["text"]
+    assert rpc.result("thread/loaded/list") == {"data": [thread_id, other], "nextCursor": None}
+
+
+def test_demo_app_server_refuses_like_codex(app_server: Callable[..., Rpc]) -> None:
+    rpc = app_server()
+    assert rpc.call("thread/start")["error"] == {"code": -32600, "message": "Not initialized"}
+    rpc.handshake()
+    assert rpc.call("initialize", {})["error"]["message"] == "Already initialized"
+    unknown = rpc.call("thread/fork", {})["error"]
+    assert unknown["code"] == -32600 and "unknown variant `thread/fork`" in unknown["message"]
+    assert rpc.call("turn/start", {"threadId": "nope", "input": []})["error"]["message"] == (
+        "thread not found: nope")
+    tools = [{"type": "function", "name": "f", "description": "", "inputSchema": {}}]
+    assert "error" in rpc.call("thread/start", {"dynamicTools": tools})
+    thread = rpc.result("thread/start")["thread"]["id"]
+    assert rpc.call("turn/interrupt", {"threadId": thread})["error"]["message"] == (
+        "no active turn to interrupt")
+    rpc.child.send({"method": "someNotification"})  # accepted without an answer
+    assert rpc.child.proc.stdin is not None
+    rpc.child.proc.stdin.write(b"not json\n[1, 2]\n")  # junk: logged, never answered
+    listing = rpc.request("thread/loaded/list")
+    rpc.write(listing)
+    assert rpc.until(lambda m: answers(m, listing)) == [  # and nothing came before this answer
+        {"id": listing["id"], "result": {"data": [thread], "nextCursor": None}}]
+
+    # stdin EOF ends the process with 0, even mid-turn.
+    rpc.write(rpc.request("turn/start", {"threadId": thread, "input": [
+        {"type": "text", "text": "a long turn"}]}))
+    rpc.until(is_note("item/agentMessage/delta"))
+    rpc.child.close_stdin()
+    assert rpc.child.exit_code() == 0
+    assert "Failed to deserialize" in rpc.child.stderr_text()
+
+    # SIGTERM: exit 0 as well.
+    other = app_server()
+    other.handshake()
+    assert other.child.terminate() == 0
+
+    # No subcommand: a usage error, as codex gives one for an unknown subcommand.
+    bad = subprocess.run([sys.executable, str(DEMO), "serve"], capture_output=True, text=True,
+                         timeout=READ_TIMEOUT, check=False)
+    assert bad.returncode == 2 and "unrecognized subcommand 'serve'" in bad.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -425,16 +426,45 @@ async def test_codex_on_path_lookup(start_proxy: StartProxy, fast_fake: Path) ->
     assert resp.status_code == 200
 
 
-async def test_demo_backend(start_proxy: StartProxy) -> None:
-    proxy = await start_proxy(demo=True, codex_bin="definitely-not-installed")
+@pytest.mark.parametrize("backend", ["app-server", "proto"])
+async def test_demo_backend(start_proxy: StartProxy, backend: str) -> None:
+    """--demo needs no codex at all, and runs on either backend (app-server by default)."""
+    proxy = await start_proxy(demo=True, backend=backend, codex_bin="definitely-not-installed")
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    conversation = chat_body("ping")
+    conversation["messages"] = [{"role": "system", "content": "Be brief."},
+                                {"role": "user", "content": "first question"},
+                                {"role": "assistant", "content": "first answer"},
+                                {"role": "user", "content": "What is   the capital\nof France?"}]
     async with proxy.client() as client:
+        ready = await client.get("/readyz")
         resp = await client.post("/v1/chat/completions", json=chat_body("ping"), headers=AUTH)
-        _, raw = await read_stream(client, "/v1/chat/completions", chat_body("ping", stream=True))
+        _, raw = await read_stream(client, "/v1/chat/completions",
+                                   chat_body("ping", stream=True,
+                                             stream_options={"include_usage": True}))
+        legacy = await client.post("/v1/completions", headers=AUTH,
+                                   json={"model": "codex-5", "prompt": "say pong"})
+        history = await client.post("/v1/chat/completions", json=conversation, headers=AUTH)
+        with_tools = await client.post("/v1/chat/completions", json=chat_body(tools=tools),
+                                       headers=AUTH)
+    assert ready.json() == {"ok": True, "backend": backend, "codex_version": "demo"}
     assert resp.status_code == 200
-    assert "demo backend" in resp.json()["choices"][0]["message"]["content"]
-    contract.assert_valid(contract.check_chat_stream(raw, include_usage=False))
-    assert contract.collect_stream_content(raw)[0] == resp.json()["choices"][0]["message"][
-        "content"]
+    answer = resp.json()["choices"][0]["message"]["content"]
+    assert "demo backend" in answer and "\u201cping\u201d" in answer
+    assert resp.json()["choices"][0]["finish_reason"] == "stop"
+    usage = resp.json()["usage"]
+    assert usage["completion_tokens"] == math.ceil(len(answer) / 4)
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] > 0
+    contract.assert_valid(contract.check_chat_stream(raw, include_usage=True))
+    assert contract.collect_stream_content(raw)[0] == answer
+    assert legacy.status_code == 200 and "\u201csay pong\u201d" in legacy.json()["choices"][0][
+        "text"]
+    # The last user message is quoted (whitespace collapsed), whatever came before it.
+    assert "\u201cWhat is the capital of France?\u201d" in (
+        history.json()["choices"][0]["message"]["content"])
+    # No function calling in the demo: a clean 400, never a 500.
+    assert_envelope(with_tools, 400, "unsupported_parameter")
+    assert with_tools.json()["error"]["param"] == "tools"
 
 
 async def test_usage_records_and_endpoints(proxy: Proxy) -> None:

@@ -9,6 +9,7 @@ renderings of the same child output are compared.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -469,9 +470,21 @@ async def test_prompt_guard(start_proxy: StartProxy) -> None:
     assert envelope(resp, 400, "context_length_exceeded")["param"] == "input"
 
 
-async def test_demo_backend(start_proxy: StartProxy) -> None:
-    proxy = await start_proxy(demo=True, codex_bin="definitely-not-installed")
+@pytest.mark.parametrize("backend", ["app-server", "proto"])
+async def test_demo_backend(start_proxy: StartProxy, backend: str) -> None:
+    proxy = await start_proxy(demo=True, backend=backend, codex_bin="definitely-not-installed")
     transcript, single = await both(proxy, "ping")
     doc = checked_json(single)
-    assert "demo backend" in contract.response_output_text(doc)
-    assert transcript.text == contract.response_output_text(doc)
+    text = contract.response_output_text(doc)
+    assert "demo backend" in text and "\u201cping\u201d" in text
+    assert transcript.text == text and transcript.terminal == "response.completed"
+    assert doc["usage"]["output_tokens"] == math.ceil(len(text) / 4)
+    assert transcript.usage == doc["usage"]
+    async with proxy.client() as client:
+        items = await client.post(PATH, headers=AUTH, json=body(input=[
+            {"role": "user", "content": "an earlier question"},
+            {"role": "assistant", "content": "an earlier answer"},
+            {"role": "user", "content": [{"type": "input_text", "text": "the latest one"}]}]))
+    assert "\u201cthe latest one\u201d" in contract.response_output_text(checked_json(items))
+    records = await usage_records(proxy, 3)
+    assert {record["counts_source"] for record in records} == {"codex"}  # the demo's, not ours

@@ -108,7 +108,7 @@ async def test_shutdown_finalize_mid_answer(autojump_clock: trio.testing.MockClo
     timing = Timing(total=30, idle=10, early_finalize=0, keepalive=0)
 
     async def finalize_later() -> None:
-        await trio.sleep(1)
+        await trio.sleep(1)  # ok-sleep: virtual time (autojump MockClock)
         lifecycle.finalize()
 
     async with trio.open_nursery() as nursery:

@@ -2,12 +2,16 @@
 
 :func:`create_backend` picks one at start-up, once:
 
-* ``--demo`` (``PROXY_DEMO``): the bundled demo program, driven like a proto codex;
 * ``PROXY_BACKEND=proto``: one ``codex proto`` child per request, as configured;
 * otherwise ``codex --version`` is read and the release decides — 0.8–0.42 speak ``proto``,
   0.100–0.139 ``app-server`` in a reduced mode (no thread deletion or history injection),
   0.140+ ``app-server`` fully, and function calling needs 0.169+. ``PROXY_BACKEND=app-server``
   insists on the latter.
+
+``--demo`` (``PROXY_DEMO``) puts the bundled demo program (:mod:`quartproxy.demo_backend`) in
+codex's place and takes the same road: its ``--version`` is read, and it is driven as an
+app-server (it reports 0.140, so: full mode, no function calling), or as a proto codex with
+``PROXY_BACKEND=proto``. Either way the proxy's process, pool and protocol code runs for real.
 
 A codex that cannot work stops the server at start-up with one line that names the supported
 ranges, rather than failing every request later. A codex that cannot be *found* does not: the
@@ -90,12 +94,13 @@ def _ranges() -> str:
 async def create_backend(
     settings: Settings, lifecycle: Lifecycle, *, on_line: LineHook | None = None
 ) -> Backend:
-    if settings.demo:
-        return ProtoBackend(settings, lifecycle, version="demo", on_line=on_line)
     if settings.backend == "proto":
         # Taken as given: the program is resolved per turn, so a codex installed after start-up
         # is picked up, and /readyz reports a missing one.
-        return ProtoBackend(settings, lifecycle, on_line=on_line)
+        if settings.demo:
+            log.info("demo backend: proto (the bundled demo program, one process per request)")
+        return ProtoBackend(settings, lifecycle, version="demo" if settings.demo else None,
+                            on_line=on_line)
     try:
         program = resolve_executable(settings)
     except SpawnError as exc:
@@ -128,6 +133,10 @@ async def create_backend(
     if kind is BackendKind.PROTO:
         log.info("codex %s: proto backend (one process per request)", version)
         return ProtoBackend(settings, lifecycle, version=str(version), on_line=on_line)
+    if settings.demo:
+        log.info("demo backend: app-server (the bundled demo program, protocol of codex %s), "
+                 "%d workers x %d turns", version, settings.workers, settings.worker_max_turns)
+        return AppServerBackend(settings, lifecycle, version=version, program=program)
     mode = "reduced mode" if kind is BackendKind.APP_SERVER_REDUCED else "full"
     log.info("codex %s: app-server backend (%s), %d workers x %d turns", version, mode,
              settings.workers, settings.worker_max_turns)

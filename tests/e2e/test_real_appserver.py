@@ -19,9 +19,8 @@ import os
 import signal
 import stat
 import subprocess
-import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ from quartproxy.contract import (  # noqa: E402
 
 from ..conftest import AUTH, FIXTURES, pid_alive, read_stream  # noqa: E402
 from ..servers import ServerProcess  # noqa: E402
+from .support import Upstream, proc_field  # noqa: E402
 
 pytestmark = pytest.mark.trio
 
@@ -96,49 +96,11 @@ def codex_launcher(request: pytest.FixtureRequest) -> tuple[str, Path]:
 # --------------------------------------------------------------------------- fake upstream
 
 
-@dataclass
-class Upstream:
-    process: subprocess.Popen[str]
-    port: int
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def requests(self, run: str) -> list[dict[str, Any]]:
-        with httpx.Client(base_url=self.base_url, timeout=10) as client:
-            resp = client.get("/__requests", params={"run": run})
-        resp.raise_for_status()
-        found: list[dict[str, Any]] = resp.json()
-        return found
-
-
-@pytest.fixture(scope="session")
-def upstream() -> Iterator[Upstream]:
-    process = subprocess.Popen(
-        [sys.executable, str(UPSTREAM), "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    assert line.startswith("listening 127.0.0.1:"), (line, process.poll())
-    yield Upstream(process, int(line.rsplit(":", 1)[1]))
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 # --------------------------------------------------------------------------- processes
 
 
-def _proc(pid: int, name: str) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/{name}").read_bytes()
-    except OSError:
-        return b""
 
 
 def codex_processes(codex_home: Path) -> dict[int, list[str]]:
@@ -149,14 +111,14 @@ def codex_processes(codex_home: Path) -> dict[int, list[str]]:
         if not entry.name.isdigit():
             continue
         pid = int(entry.name)
-        argv = [a.decode(errors="replace") for a in _proc(pid, "cmdline").split(b"\0") if a]
+        argv = [a.decode(errors="replace") for a in proc_field(pid, "cmdline").split(b"\0") if a]
         if "app-server" not in argv:
             continue
-        stat = _proc(pid, "stat").decode(errors="replace").rsplit(")", 1)[-1].split()
+        stat = proc_field(pid, "stat").decode(errors="replace").rsplit(")", 1)[-1].split()
         if stat and stat[0] == "Z":
             found[pid] = argv  # a zombie counts as left behind
             continue
-        if marker in _proc(pid, "environ").split(b"\0"):
+        if marker in proc_field(pid, "environ").split(b"\0"):
             found[pid] = argv
     return found
 
@@ -665,7 +627,7 @@ async def test_openai_python_two_step_tool_loop(stack: Stack, stream: bool) -> N
 
 
 def _rss_bytes(pid: int) -> int:
-    for line in _proc(pid, "status").decode(errors="replace").splitlines():
+    for line in proc_field(pid, "status").decode(errors="replace").splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
@@ -732,7 +694,7 @@ async def test_worker_memory_and_codex_home_stay_flat(
                 for target in (10, 100, 1000):
                     await batch(target - done)
                     await st.wait_for(lambda: not st.rollouts(), "threads left behind")
-                    await trio.sleep(1)  # let codex settle its sqlite files
+                    await trio.sleep(1)  # ok-sleep: let codex settle its sqlite files
                     figures[target] = (_rss_bytes(worker), _tree_bytes(st.codex_home, skip))
             shown = ", ".join(f"{n}: RSS {rss >> 20} MB, CODEX_HOME {disk >> 10} KB"
                               for n, (rss, disk) in figures.items())

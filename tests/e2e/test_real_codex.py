@@ -17,10 +17,9 @@ import os
 import platform
 import signal
 import subprocess
-import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ from quartproxy.contract import (  # noqa: E402
 
 from ..conftest import AUTH, FIXTURES, pid_alive, read_stream  # noqa: E402
 from ..servers import ServerProcess  # noqa: E402
+from .support import Upstream, proc_field  # noqa: E402
 
 pytestmark = pytest.mark.trio
 
@@ -127,53 +127,15 @@ def codex_bin(request: pytest.FixtureRequest) -> tuple[str, Path]:
 # --------------------------------------------------------------------------- fake upstream
 
 
-@dataclass
-class Upstream:
-    process: subprocess.Popen[str]
-    port: int
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def requests(self, run: str) -> list[dict[str, Any]]:
-        with httpx.Client(base_url=self.base_url, timeout=10) as client:
-            resp = client.get("/__requests", params={"run": run})
-        resp.raise_for_status()
-        found: list[dict[str, Any]] = resp.json()
-        return found
-
-
-@pytest.fixture(scope="session")
-def upstream() -> Iterator[Upstream]:
-    process = subprocess.Popen(
-        [sys.executable, str(UPSTREAM), "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()  # blocks until the server has bound its port
-    assert line.startswith("listening 127.0.0.1:"), (line, process.poll())
-    yield Upstream(process, int(line.rsplit(":", 1)[1]))
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 # --------------------------------------------------------------------------- processes
 
 
-def _proc_field(pid: int, name: str) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/{name}").read_bytes()
-    except OSError:
-        return b""
 
 
 def _ppid(pid: int) -> int | None:
-    fields = _proc_field(pid, "stat").decode(errors="replace").rsplit(")", 1)[-1].split()
+    fields = proc_field(pid, "stat").decode(errors="replace").rsplit(")", 1)[-1].split()
     return int(fields[1]) if len(fields) > 1 else None
 
 
@@ -187,10 +149,10 @@ def codex_pids(codex_home: Path, parent: int | None = None) -> set[int]:
         if not entry.name.isdigit():
             continue
         pid = int(entry.name)
-        argv = _proc_field(pid, "cmdline").split(b"\0")
+        argv = proc_field(pid, "cmdline").split(b"\0")
         if len(argv) < 2 or argv[1] != b"proto":
             continue
-        if marker in _proc_field(pid, "environ").split(b"\0") and (
+        if marker in proc_field(pid, "environ").split(b"\0") and (
             parent is None or _ppid(pid) == parent
         ):
             found.add(pid)
@@ -201,7 +163,7 @@ def zombie_children(parent: int) -> set[int]:
     found = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            stat = _proc_field(int(entry.name), "stat").decode(errors="replace")
+            stat = proc_field(int(entry.name), "stat").decode(errors="replace")
             fields = stat.rsplit(")", 1)[-1].split()
             if len(fields) > 1 and fields[0] == "Z" and fields[1] == str(parent):
                 found.add(int(entry.name))

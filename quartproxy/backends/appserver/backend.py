@@ -52,7 +52,8 @@ from .worker import RpcFailed, RpcTimeout, ThreadRoute, Worker, WorkerGone
 log = logging.getLogger("quartproxy.appserver")
 
 TOOLS_NEED = "Function calling (tools) needs codex 0.169.0 or later"
-ARCHIVE_PRUNE_INTERVAL_S = 60.0
+ARCHIVE_PRUNE_INTERVAL_S = 5.0
+ARCHIVE_KEEP_S = 2.0  # a file younger than this may still be being moved into the archive
 
 
 class BackendBusy(BackendUnavailable):
@@ -92,11 +93,14 @@ class AppServerBackend:
 
     def _make_capabilities(self) -> Capabilities:
         tools = self.features.dynamic_tools
-        reason = "" if tools else (
-            f"{TOOLS_NEED}; this server runs codex {self.version} (app-server backend)."
-        )
+        if self.settings.demo:  # the demo program stands in for codex: say so, not its version
+            version = "demo"
+            reason = f"{TOOLS_NEED}; this server runs the demo backend, which has none."
+        else:
+            version = str(self.version)
+            reason = f"{TOOLS_NEED}; this server runs codex {version} (app-server backend)."
         return Capabilities(
-            name="app-server", version=str(self.version), tools=tools, tools_reason=reason,
+            name="app-server", version=version, tools=tools, tools_reason="" if tools else reason,
             output_schema=True,
         )
 
@@ -324,11 +328,13 @@ class AppServerBackend:
             self._notify()
 
     async def _prune_archive(self) -> None:
-        """0.100–0.139 cannot delete threads; archived rollouts are removed once a minute."""
+        """0.100–0.139 cannot delete threads: the proxy archives them and removes the archived
+        conversation files every few seconds (everything in that folder was archived by this
+        CODEX_HOME's workers, and none of it is ever read again)."""
         folder = Path(self.settings.codex_home) / "archived_sessions"
         while True:
             await trio.sleep(ARCHIVE_PRUNE_INTERVAL_S)
-            await trio.to_thread.run_sync(_prune_older_than, folder, ARCHIVE_PRUNE_INTERVAL_S)
+            await trio.to_thread.run_sync(_prune_older_than, folder, ARCHIVE_KEEP_S)
 
     # ------------------------------------------------------------------ turns
 
