@@ -197,6 +197,9 @@ class AppServerBackend:
         is recycled, its old process ending its last turns must not wake every queued request
         on each of them (a request that woke re-arms its wait, and at 64 queued requests that
         cost more CPU than the turns themselves)."""
+        self.ready_count.value = sum(
+            1 for each in self.slots if each is not None and each.accepting
+        )  # a crashed worker ends its turns before its slot is cleared: count it out now
         if self._waiting and worker.accepting:
             self._changed.set()
             self._changed = trio.Event()
