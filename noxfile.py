@@ -64,7 +64,11 @@ def serve(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Throughput, first-chunk latency, SSE chunk rate and memory per stream, in one run."""
+    """Every figure beside its floor (proto and app-server over C stand-ins), in one run.
+
+    `-- --quick` is the smoke test CI runs; `-- --runs 3 --json out.json` for figures;
+    `-- --compare URL` loads another server too; `-- --real-codex PATH` measures real codex.
+    """
     session.install("-e", ".[test]")
     session.run("python", "benchmarks/bench.py", *session.posargs)
 

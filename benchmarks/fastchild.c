@@ -9,7 +9,11 @@
 
 static char line[1 << 20];
 
-int main(void) {
+int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "--version") == 0) {
+        puts("codex-cli 0.36.0");
+        return 0;
+    }
     const char *env = getenv("FASTCHILD_DELTAS");
     long deltas = env ? atol(env) : 10;
     int hang = getenv("FASTCHILD_HANG") != NULL; /* stream forever-open: no task_complete */

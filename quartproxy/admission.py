@@ -146,7 +146,7 @@ class Admission:
 
     def _waited(self, outcome: str, started: float) -> None:
         if self.metrics is not None:
-            self.metrics.admission_wait.labels(outcome).observe(trio.current_time() - started)
+            self.metrics.admission_wait_by(outcome).observe(trio.current_time() - started)
 
     async def _acquire(self, stream: bool) -> Admitted:
         deadline = trio.current_time() + self.queue_timeout_s
@@ -263,7 +263,7 @@ class Admission:
     def _reject(self, blocked: str, before: int) -> None:
         limit = self.stream_limit if blocked == "streams" else self.turn_limit
         if self.metrics is not None:
-            self.metrics.rejections.labels("concurrency_exceeded").inc()
+            self.metrics.rejections_by("concurrency_exceeded").inc()
         raise ConcurrencyRejected(blocked, limit, before)
 
     async def _release(self, slot: Slot) -> None:
@@ -340,7 +340,7 @@ class Admission:
 
     def _rate_rejected(self) -> None:
         if self.metrics is not None:
-            self.metrics.rejections.labels("rate_limited").inc()
+            self.metrics.rejections_by("rate_limited").inc()
 
     # ------------------------------------------------------------------ Redis health
 

@@ -9,6 +9,7 @@ the app's nursery before the first request is served.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,8 @@ from .backends.appserver.backend import AppServerBackend
 from .backends.base import Backend
 from .backends.proto.backend import ProtoBackend
 from .config import Settings
+from .direct import DirectRoutes
+from .httpio import Handler
 from .lifecycle import Lifecycle
 from .models import ModelCatalog
 from .observability import Metrics, NdjsonLog, write_access
@@ -47,6 +50,7 @@ class AppState:
     backend: Backend
     service: CompletionService
     tracing: Tracing
+    direct: DirectRoutes | None = None
 
     def exchange_started(self, exchange: Exchange, scope: Any) -> None:
         exchange.span = self.tracing.server(
@@ -58,8 +62,8 @@ class AppState:
         fields = exchange.access_fields()
         write_access(fields)
         route = exchange.route or "unmatched"
-        self.metrics.requests.labels(route, str(fields["status"])).inc()
-        self.metrics.latency.labels(route).observe(fields["dur_ms"] / 1000)
+        self.metrics.requests_by(route, str(fields["status"])).inc()
+        self.metrics.latency_by(route).observe(fields["dur_ms"] / 1000)
         span = exchange.span
         if span.recording:
             status = int(fields["status"])
@@ -81,6 +85,10 @@ class ProxyApp(QuartTrio):
 
     def exchange_finished(self, exchange: Exchange) -> None:
         self.state.exchange_finished(exchange)
+
+    def direct_route(self, scope: Any) -> Callable[..., Awaitable[None]] | None:
+        direct = self.state.direct
+        return direct.match(scope) if direct is not None else None
 
 
 def proto_log_for(settings: Settings) -> NdjsonLog | None:
@@ -142,6 +150,12 @@ def create_app(
         app.register_blueprint(responses.blueprint)
     if settings.test_endpoints:
         app.register_blueprint(test_hooks.blueprint)
+    direct_routes: dict[str, Handler] = {
+        "/v1/chat/completions": completions.chat, "/v1/completions": completions.legacy,
+    }
+    if settings.enable_responses:
+        direct_routes["/v1/responses"] = responses.respond
+    app.state.direct = DirectRoutes(app.state, direct_routes)
 
     @app.before_serving
     async def _start() -> None:

@@ -150,12 +150,17 @@ class ExchangeConnection(TrioASGIHTTPConnection):
                     return
             await send(message)
 
-        request = self._create_request_from_scope(tracking_send)
+        route = getattr(self.app, "direct_route", None)
+        direct = route(scope) if route is not None else None
         try:
             async with trio.open_nursery() as nursery:
                 exchange.nursery = nursery
-                nursery.start_soon(self.handle_messages, nursery, request, receive)
-                nursery.start_soon(self.handle_request, nursery, request, tracking_send)
+                if direct is not None:  # the request path, without Quart (quartproxy.direct)
+                    nursery.start_soon(direct, exchange, scope, receive, tracking_send)
+                else:
+                    request = self._create_request_from_scope(tracking_send)
+                    nursery.start_soon(self.handle_messages, nursery, request, receive)
+                    nursery.start_soon(self.handle_request, nursery, request, tracking_send)
         finally:
             with trio.CancelScope(shield=True):
                 for cleanup in exchange.cleanups:

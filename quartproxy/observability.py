@@ -21,13 +21,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 import trio
@@ -88,8 +88,21 @@ def json_line(payload: Any) -> str:
     return "".join(out)
 
 
+_iso_second: tuple[int, str] = (-1, "")
+
+
 def utc_now_iso() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """Now as ``2025-01-31T12:00:00.123Z``. Every request stamps two or three records (access
+    log, usage record, log lines), so the formatted second is kept and only the milliseconds
+    are added (a quarter of ``datetime.isoformat``'s cost)."""
+    global _iso_second
+    now = time.time()
+    second = int(now)
+    cached, text = _iso_second
+    if cached != second:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _iso_second = (second, text)
+    return f"{text}.{int((now - second) * 1000):03d}Z"
 
 
 class JsonFormatter(logging.Formatter):
@@ -348,6 +361,29 @@ class WorkerCollector:
 
 TOKEN_TYPES = ("prompt", "completion", "cached", "reasoning")
 
+_M = TypeVar("_M", Counter, Histogram)
+
+
+class Children(Generic[_M]):
+    """``metric.labels(*values)``, memoised.
+
+    prometheus_client validates the values and takes a lock on every ``labels()`` call (about
+    2 µs); a request makes about eight of them, always for one of a handful of label sets.
+    The cache holds exactly the children the metric itself keeps for ever.
+    """
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: _M) -> None:
+        self._metric: _M = metric
+        self._children: dict[tuple[str, ...], _M] = {}
+
+    def __call__(self, *values: str) -> _M:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
+
 
 class Metrics:
     def __init__(self, models: Iterable[str] = ()) -> None:
@@ -415,8 +451,17 @@ class Metrics:
         )
         self.workers = WorkerCollector(None)
         r.register(self.workers)
+        # The labelled children the request path uses, memoised (see Children).
+        self.requests_by = Children(self.requests)
+        self.latency_by = Children(self.latency)
+        self.rejections_by = Children(self.rejections)
+        self.admission_wait_by = Children(self.admission_wait)
+        self.child_exits_by = Children(self.child_exits)
+        self.tokens_by = Children(self.tokens)
+        self.turns_by = Children(self.turns)
+        self.turn_errors_by = Children(self.turn_errors)
         for reason in ("concurrency_exceeded", "rate_limited"):
-            self.rejections.labels(reason)
+            self.rejections_by(reason)
 
     def model_label(self, model: str) -> str:
         """The metric label for a requested model: a catalog id, or ``other``."""
@@ -431,15 +476,15 @@ class Metrics:
         source = "codex" if record.get("counts_source") == "codex" else "estimate"
         for kind in TOKEN_TYPES:
             value = record.get(f"{kind}_tokens")
-            self.tokens.labels(model, kind, source).inc(
+            self.tokens_by(model, kind, source).inc(
                 value if isinstance(value, int) and value > 0 else 0)
         finish = record.get("finish_reason")
         if not isinstance(finish, str):
             finish = "error" if error_code is not None or record.get("outcome") == "error" \
                 else "none"
-        self.turns.labels(finish, str(record.get("outcome"))).inc()
+        self.turns_by(finish, str(record.get("outcome"))).inc()
         if error_code is not None:
-            self.turn_errors.labels(error_code).inc()
+            self.turn_errors_by(error_code).inc()
 
     def exposition(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -5,7 +5,8 @@ backend has started the turn — or raises :class:`~quartproxy.backends.base.Bac
 before any response byte exists, so an unusable codex is a clean 503. From then on the relay
 feeds every batch of events to the :class:`~quartproxy.completion.Completion` and pushes what
 that produced, rendered, to the :class:`Outbox` as one piece, which the response body sends as
-one write. Its own helpers (keepalive, shutdown watcher) live in a nursery inside :meth:`run`.
+one write. Its keepalive timer lives in a nursery inside :meth:`run`; the drain deadline reaches
+it as a callback (:meth:`~quartproxy.lifecycle.Lifecycle.on_finalize`), not a task.
 
 Nothing here decides what the client gets: the completion decides content and endings, the
 :class:`~quartproxy.timers.TurnClock` decides when a turn is cut, the renderer decides bytes.
@@ -189,14 +190,22 @@ class Relay:
     # ------------------------------------------------------------------------ the pump
 
     async def _pump(self, turn: Turn) -> None:
-        async with trio.open_nursery() as nursery:
+        unregister = self.lifecycle.on_finalize(self._finalize_now)
+        try:
             if self.outbox is not None and self.clock.timing.keepalive > 0:
-                nursery.start_soon(self._keepalive)
-            nursery.start_soon(self._watch_shutdown)
-            cause = await self._read(turn)
-            if cause is not None and not self.completion.done:
-                self._deliver(self.completion.end(cause))
-            nursery.cancel_scope.cancel()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._keepalive)
+                    await self._read_and_end(turn)
+                    nursery.cancel_scope.cancel()
+            else:  # no helper task: no nursery (the request path's common case)
+                await self._read_and_end(turn)
+        finally:
+            unregister()
+
+    async def _read_and_end(self, turn: Turn) -> None:
+        cause = await self._read(turn)
+        if cause is not None and not self.completion.done:
+            self._deliver(self.completion.end(cause))
 
     async def _read(self, turn: Turn) -> End | None:
         """Feed the turn's events to the completion until it is done (``None``) or a reason to
@@ -265,8 +274,8 @@ class Relay:
                 if self.on_keepalive is not None:
                     self.on_keepalive()
 
-    async def _watch_shutdown(self) -> None:
-        await self.lifecycle.finalize_now.wait()
+    def _finalize_now(self) -> None:
+        """The drain deadline passed (a :meth:`Lifecycle.on_finalize` callback): stop reading."""
         self._shutdown_hit = True
         if self._scope is not None:
             self._scope.cancel()

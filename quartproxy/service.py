@@ -226,7 +226,7 @@ class CompletionService:
     async def _refused(self, exchange: Exchange, slot: Slot, cause: str) -> None:
         await slot.release()  # before the error goes out, so a retry finds the slot free
         exchange.outcome = "error"
-        self.metrics.child_exits.labels(cause).inc()
+        self.metrics.child_exits_by(cause).inc()
 
     # ------------------------------------------------------------------ turn end
 
@@ -257,7 +257,7 @@ class CompletionService:
         fields = accounting.usage_record(record)
         exchange.outcome = fields["outcome"]
         if diagnostics.exit_cause is not None:
-            self.metrics.child_exits.labels(diagnostics.exit_cause).inc()
+            self.metrics.child_exits_by(diagnostics.exit_cause).inc()
         if record.ttft_s is not None:
             self.metrics.ttft.observe(record.ttft_s)
         error = relay.completion.error

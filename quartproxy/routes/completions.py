@@ -3,29 +3,39 @@
 Order, as the spec gives it: draining? → auth → body → validate → (service) rate limit → slot
 → turn. A stream answers from the relay's outbox; a non-stream request waits until the
 completion has decided and renders that state.
+
+:func:`chat` and :func:`legacy` are written against :mod:`quartproxy.httpio`, so the same code
+serves a ``POST`` straight off the ASGI scope (:mod:`quartproxy.direct`, the request path) and
+as a Quart view.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
+from typing import TYPE_CHECKING
 
 from quart import Blueprint, Response
 
 from .. import errors
-from ..asgi import current_exchange
-from ..middleware import (
+from ..asgi import Exchange, current_exchange
+from ..httpio import (
     JSON_TYPE,
-    SSE_HEADERS,
+    Answer,
+    Inbound,
     authorise,
-    error_response,
-    json_response,
+    error_answer,
+    json_answer,
     keepalive_seconds,
-    read_json,
-    state,
+    parse_json,
+    stream_answer,
 )
+from ..middleware import QUART_INBOUND, answer_response, state
 from ..render import StreamRenderer, json_body
 from ..validation import parse_chat, parse_legacy
+
+if TYPE_CHECKING:
+    from ..app import AppState
 
 blueprint = Blueprint("completions", __name__)
 
@@ -38,23 +48,30 @@ async def completion_probe() -> Response:
 
 @blueprint.route("/v1/chat/completions", methods=["POST"])
 async def chat_completions() -> Response:
-    return await _complete(legacy=False)
+    return answer_response(await chat(state(), current_exchange(), QUART_INBOUND))
 
 
 @blueprint.route("/v1/completions", methods=["POST"])
 async def legacy_completions() -> Response:
-    return await _complete(legacy=True)
+    return answer_response(await legacy(state(), current_exchange(), QUART_INBOUND))
 
 
-async def _complete(*, legacy: bool) -> Response:
-    app_state = state()
+async def chat(app_state: AppState, exchange: Exchange, http: Inbound) -> Answer:
+    return await _complete(app_state, exchange, http, legacy=False)
+
+
+async def legacy(app_state: AppState, exchange: Exchange, http: Inbound) -> Answer:
+    return await _complete(app_state, exchange, http, legacy=True)
+
+
+async def _complete(app_state: AppState, exchange: Exchange, http: Inbound, *,
+                    legacy: bool) -> Answer:
     settings = app_state.settings
-    exchange = current_exchange()
     if app_state.lifecycle.is_draining:
         exchange.outcome = "shutdown"
         raise errors.shutting_down()
-    key = authorise()
-    body = await read_json()
+    key = authorise(http, app_state.api_keys, exchange)
+    body = parse_json(await http.body())
     parse = parse_legacy if legacy else parse_chat
     req = parse(body, app_state.catalog, max_prompt_tokens=settings.max_prompt_tokens)
     exchange.stream = req.stream
@@ -67,16 +84,15 @@ async def _complete(*, legacy: bool) -> Response:
         if req.stream else None
     )
     relay = await app_state.service.start(
-        req, exchange, key=key, renderer=renderer, keepalive_s=keepalive_seconds(settings)
+        req, exchange, key=key, renderer=renderer,
+        keepalive_s=keepalive_seconds(settings, http),
     )
     if relay.outbox is not None:
-        response = Response(relay.outbox, status=200, headers=SSE_HEADERS)
-        response.timeout = None
-        return response
+        return stream_answer(relay.outbox)
     await relay.decided.wait()
     completion = relay.completion
     if completion.error is not None:
-        return error_response(completion.error)
-    return json_response(json_body(
+        return error_answer(completion.error)
+    return json_answer(json_body(
         completion, legacy=legacy, completion_id=completion_id, created=created, model=req.model,
     ))

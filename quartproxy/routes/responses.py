@@ -8,23 +8,29 @@ limit → slot → turn — with the Responses request parser and renderer. Regi
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from quart import Blueprint, Response
 
 from .. import errors
-from ..asgi import current_exchange
-from ..middleware import (
+from ..asgi import Exchange, current_exchange
+from ..httpio import (
     JSON_TYPE,
-    SSE_HEADERS,
+    Answer,
+    Inbound,
     authorise,
-    error_response,
-    json_response,
+    error_answer,
+    json_answer,
     keepalive_seconds,
-    read_json,
-    state,
+    parse_json,
+    stream_answer,
 )
+from ..middleware import QUART_INBOUND, answer_response, state
 from ..render_responses import ResponseHead, ResponsesStreamRenderer, new_id, response_json
 from ..responses_request import parse_responses
+
+if TYPE_CHECKING:
+    from ..app import AppState
 
 blueprint = Blueprint("responses", __name__)
 
@@ -36,14 +42,16 @@ async def responses_probe() -> Response:
 
 @blueprint.route("/v1/responses", methods=["POST"])
 async def create_response() -> Response:
-    app_state = state()
+    return answer_response(await respond(state(), current_exchange(), QUART_INBOUND))
+
+
+async def respond(app_state: AppState, exchange: Exchange, http: Inbound) -> Answer:
     settings = app_state.settings
-    exchange = current_exchange()
     if app_state.lifecycle.is_draining:
         exchange.outcome = "shutdown"
         raise errors.shutting_down()
-    key = authorise()
-    body = await read_json()
+    key = authorise(http, app_state.api_keys, exchange)
+    body = parse_json(await http.body())
     parsed = parse_responses(
         body, app_state.catalog, max_prompt_tokens=settings.max_prompt_tokens,
         structured_output=app_state.backend.capabilities.output_schema,
@@ -54,14 +62,13 @@ async def create_response() -> Response:
     head = ResponseHead(new_id("resp"), int(time.time()), req.model, parsed.echo)
     renderer = ResponsesStreamRenderer(head) if req.stream else None
     relay = await app_state.service.start(
-        req, exchange, key=key, renderer=renderer, keepalive_s=keepalive_seconds(settings)
+        req, exchange, key=key, renderer=renderer,
+        keepalive_s=keepalive_seconds(settings, http),
     )
     if relay.outbox is not None:
-        response = Response(relay.outbox, status=200, headers=SSE_HEADERS)
-        response.timeout = None
-        return response
+        return stream_answer(relay.outbox)
     await relay.decided.wait()
     completion = relay.completion
     if completion.error is not None:
-        return error_response(completion.error)
-    return json_response(response_json(completion, head))
+        return error_answer(completion.error)
+    return json_answer(response_json(completion, head))

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from quart import Blueprint, Response
 
-from ..admission import Admitted, ConcurrencyRejected
 from ..asgi import current_exchange
+from ..httpio import conc_headers
 from ..middleware import authorise, json_response, state
 
 blueprint = Blueprint("test_hooks", __name__)
@@ -40,15 +40,7 @@ async def test_conc() -> Response:
 
 
 @blueprint.after_app_request
-async def conc_headers(response: Response) -> Response:
-    decided = current_exchange().admission
-    if isinstance(decided, Admitted):
-        before, after, limit = decided.before, decided.before + 1, decided.limit
-    elif isinstance(decided, ConcurrencyRejected):
-        before, after, limit = decided.before, decided.before, decided.limit
-    else:
-        return response
-    response.headers["X-Conc-Before"] = str(before)
-    response.headers["X-Conc-After"] = str(after)
-    response.headers["X-Conc-Limit"] = str(limit)
+async def add_conc_headers(response: Response) -> Response:
+    for key, value in conc_headers(current_exchange()):
+        response.headers[key] = value
     return response

@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,7 @@ class AppServerBackend:
         self.retired: list[Worker] = []  # draining for a recycle
         self._slot_state: list[str] = ["starting"] * settings.workers
         self._changed = trio.Event()
+        self._waiting = 0  # requests in _lease waiting for room
         self._generation = 0
         # Workers accepting turns right now; tests and start-up logs can wait on it.
         self.ready_count: trio_util.AsyncValue[int] = trio_util.AsyncValue(0)
@@ -173,15 +175,34 @@ class AppServerBackend:
                 raise BackendUnavailable(
                     "No codex worker is ready: " + "; ".join(self.readiness())
                 )
-            with trio.move_on_at(deadline):
-                await self._changed.wait()
+            self._waiting += 1
+            try:
+                with trio.move_on_at(deadline):
+                    await self._changed.wait()
+            finally:
+                self._waiting -= 1
 
     def _notify(self) -> None:
+        """The pool changed (a worker started, became ready, retired or ended)."""
         self.ready_count.value = sum(
             1 for worker in self.slots if worker is not None and worker.accepting
         )
         self._changed.set()
         self._changed = trio.Event()
+
+    def _room(self, worker: Worker) -> None:
+        """A turn of ``worker`` ended or one of its threads was deleted (twice per turn).
+
+        Only room on a worker that takes turns can let a waiting request go on: while a worker
+        is recycled, its old process ending its last turns must not wake every queued request
+        on each of them (a request that woke re-arms its wait, and at 64 queued requests that
+        cost more CPU than the turns themselves)."""
+        self.ready_count.value = sum(
+            1 for each in self.slots if each is not None and each.accepting
+        )  # a crashed worker ends its turns before its slot is cleared: count it out now
+        if self._waiting and worker.accepting:
+            self._changed.set()
+            self._changed = trio.Event()
 
     def _recycle(self, worker: Worker) -> None:
         for index, current in enumerate(self.slots):
@@ -231,7 +252,7 @@ class AppServerBackend:
             shutdown_grace_s=settings.worker_shutdown_grace_ms / 1000,
             cleanup_method="thread/delete" if self.features.thread_delete else "thread/archive",
         )
-        worker.on_capacity = self._notify
+        worker.on_capacity = partial(self._room, worker)
         return worker
 
     async def _keep_slot(self, index: int) -> None:
@@ -333,7 +354,7 @@ class AppServerBackend:
             if route is not None:
                 worker.end_thread(route.thread_id)
             worker.release()
-            self._notify()
+            self._room(worker)
 
     async def _start_thread(self, worker: Worker, request: TurnRequest) -> ThreadRoute:
         settings = self.settings
