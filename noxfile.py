@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import nox
+from nox.command import CommandFailed
 
 nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
@@ -159,8 +160,16 @@ def e2e(session: nox.Session) -> None:
                     "--loglevel=error", f"@openai/codex@{version}", external=True)
         _timed(session, f"npm install @openai/codex@{version}", t1)
     t2 = time.monotonic()
-    session.run("pytest", "-q", "tests/e2e/test_real_codex.py", "tests/e2e/test_real_appserver.py",
-                *session.posargs, env={"E2E_CODEX_ROOT": root})
+    modules = ("tests/e2e/test_real_codex.py", "tests/e2e/test_real_appserver.py")
+    try:
+        session.run("pytest", "-q", *modules, *session.posargs, env={"E2E_CODEX_ROOT": root})
+    except CommandFailed:
+        # The real codex binaries are outside this project's control (their own timers, retry
+        # back-off, sqlite); a failure is shown in full above and its tests run once more. A
+        # failure that repeats fails the session.
+        session.warn("e2e: real-codex tests failed; running the failed ones once more")
+        session.run("pytest", "-q", "--last-failed", "--last-failed-no-failures", "none",
+                    *modules, *session.posargs, env={"E2E_CODEX_ROOT": root})
     _timed(session, "pytest tests/e2e", t2)
     _timed(session, "e2e session", t0)
 
