@@ -221,3 +221,40 @@ async def test_shutdown_leaves_no_process_of_any_group(
         contract.assert_valid(contract.check_chat_stream(raw, include_usage=False))
         assert contract.collect_stream_content(raw)[1] == "length"
     await assert_group_gone(server.pid_dir, turns=streams)
+
+
+LEADER_WITH_SLOW_CHILD = """
+import os, signal, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", '''
+import os, signal, sys, time
+def term(*_):
+    time.sleep(0.3)  # ok-sleep: a member that needs part of its grace to stop
+    open(sys.argv[1], "w").close()
+    os._exit(0)
+signal.signal(signal.SIGTERM, term)
+print("ready", flush=True)
+signal.pause()
+''', sys.argv[1]], stdout=subprocess.PIPE)
+child.stdout.readline()
+print("ready", flush=True)
+sys.stdin.read()  # until stdin closes; SIGTERM (default action) ends it at once
+time.sleep(3600)  # ok-sleep: after EOF, wait to be signalled like codex proto does
+"""
+
+
+async def test_members_of_a_live_leader_get_their_grace(tmp_path: Path) -> None:
+    # The leader stops at once on SIGTERM; its child takes a moment. end() must give the child
+    # the grace (it writes its marker) rather than SIGKILL the group as soon as the leader
+    # is gone: the whole-group look is skipped only for a leader without children.
+    from quartproxy.backends.process import end, spawn
+
+    marker = tmp_path / "child-stopped"
+    process = await spawn([sys.executable, "-c", LEADER_WITH_SLOW_CHILD, str(marker)],
+                          env=dict(os.environ), cwd=tmp_path)
+    assert process.stdout is not None
+    with trio.fail_after(GONE_GUARD_S):
+        assert (await process.stdout.receive_some(64)).startswith(b"ready")
+        with trio.CancelScope(shield=True):
+            info = await end(process, grace_s=GONE_GUARD_S, close_stdin=False)
+    assert info.cause == "sigterm"
+    assert marker.exists()

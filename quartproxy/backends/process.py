@@ -247,14 +247,16 @@ async def end(process: trio.Process, grace_s: float, *, close_stdin: bool = True
     Call under a shield. Never raises for a process that is already gone.
     """
     deadline = trio.current_time() + grace_s
+    pidfd = _take_pidfd(process)
+    # Looked at before stdin closes, while the leader (usually) still runs: codex leaves on EOF.
+    company = pidfd is not None and _may_have_company(process.pid, pidfd)
     if close_stdin and process.stdin is not None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             await process.stdin.aclose()
-    pidfd = _take_pidfd(process)
     cause: ExitCause = "exited"
     if pidfd is not None:
         try:
-            cause = await _end_group(process.pid, pidfd, deadline)
+            cause = await _end_group(process.pid, pidfd, deadline, company)
         finally:
             trio.lowlevel.notify_closing(pidfd)
             os.close(pidfd)
@@ -270,7 +272,29 @@ async def end(process: trio.Process, grace_s: float, *, close_stdin: bool = True
     return ExitInfo(returncode, cause)
 
 
-async def _end_group(pgid: int, pidfd: int, deadline: float) -> ExitCause:
+def _may_have_company(pid: int, pidfd: int) -> bool:
+    """Whether the group of a *live* leader may hold other processes: the leader has children.
+
+    Finding the members means reading every process's stat in /proc — about 1.5 ms with a
+    hundred processes, more than the rest of a request's work — while the common leader (codex
+    itself, or a fake) has no children at all. Processes of the group that are not the leader's
+    children (orphans of a child that died) are missed here; they get no grace, but the final
+    SIGKILL of the group still reaches them. If the leader exits while it is looked at, its
+    children have been handed to init and cannot be seen: then (and for a leader that is already
+    gone) the answer is "maybe".
+    """
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+        for task in tasks:
+            with open(f"/proc/{pid}/task/{task}/children", "rb") as children:
+                if children.read().strip():
+                    return True
+    except OSError:
+        return True  # no /proc, or no children files in this kernel: look at the whole group
+    return _readable(pidfd)
+
+
+async def _end_group(pgid: int, pidfd: int, deadline: float, company: bool) -> ExitCause:
     cause: ExitCause = "exited"
     if not _readable(pidfd):  # a pidfd turns readable when its process exits; it does not reap
         _signal_group(pgid, signal.SIGTERM)
@@ -281,7 +305,8 @@ async def _end_group(pgid: int, pidfd: int, deadline: float) -> ExitCause:
             cause = "sigkill"
             _signal_group(pgid, signal.SIGKILL)
             await trio.lowlevel.wait_readable(pidfd)
-    others = [] if cause == "sigkill" else await trio.to_thread.run_sync(group_members, pgid)
+    others = [] if cause == "sigkill" or not company else \
+        await trio.to_thread.run_sync(group_members, pgid)
     if others:
         if cause == "exited":  # the leader left on its own; the rest never heard of it
             _signal_group(pgid, signal.SIGTERM)
