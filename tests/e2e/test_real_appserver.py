@@ -49,24 +49,24 @@ from quartproxy.contract import (  # noqa: E402
     parse_sse,
 )
 
-from ..conftest import AUTH, FIXTURES, pid_alive, read_stream  # noqa: E402
+from ..conftest import AUTH, pid_alive, read_stream  # noqa: E402
 from ..servers import ServerProcess  # noqa: E402
-from .support import Upstream, proc_field  # noqa: E402
+from .support import (  # noqa: E402
+    REAL_USAGE,
+    UPSTREAM_KEY,
+    UPSTREAM_TEXT,
+    Upstream,
+    chat,
+    proc_field,
+    tagged,
+    usage_records,
+    write_codex_home,
+)
 
 pytestmark = pytest.mark.trio
 
 VERSIONS = ["0.169.0", "0.120.0"]
 FULL = "0.169.0"
-UPSTREAM = FIXTURES / "fake_responses_upstream.py"
-UPSTREAM_TEXT = "Hello from the fake Responses upstream: real codex streamed this answer."
-UPSTREAM_KEY = "fake-upstream-key-e2e"
-REAL_USAGE = {
-    "prompt_tokens": 1234,
-    "completion_tokens": 56,
-    "total_tokens": 1290,
-    "prompt_tokens_details": {"cached_tokens": 7},
-    "completion_tokens_details": {"reasoning_tokens": 8},
-}
 REQUEST_TIMEOUT = 60
 TOOLS = [
     {"type": "function", "function": {
@@ -181,17 +181,6 @@ class Stack:
         return doc
 
 
-def write_codex_home(codex_home: Path, upstream: Upstream) -> None:
-    codex_home.mkdir(parents=True, exist_ok=True)
-    (codex_home / "config.toml").write_text(
-        "[model_providers.fake]\n"
-        'name = "fake"\n'
-        f'base_url = "{upstream.base_url}/v1"\n'
-        'wire_api = "responses"\n'
-        'env_key = "FAKE_UPSTREAM_KEY"\n'
-        "stream_max_retries = 2\n"
-    )
-
 
 async def start_stack(
     launcher: tuple[str, Path], upstream: Upstream, tmp_path: Path, nursery: trio.Nursery,
@@ -244,19 +233,7 @@ async def stack(
             nursery.cancel_scope.cancel()
 
 
-def tagged(scenario: str) -> tuple[str, str]:
-    run = uuid.uuid4().hex[:12]
-    return run, f"Say hello. SCENARIO={scenario} RUN={run}"
 
-
-def chat(prompt: str, **extra: Any) -> dict[str, Any]:
-    return {"model": "codex-5", "messages": [{"role": "user", "content": prompt}], **extra}
-
-
-def usage_records(st: Stack) -> list[dict[str, Any]]:
-    if not st.usage_log.exists():
-        return []
-    return [json.loads(line) for line in st.usage_log.read_text().splitlines() if line.strip()]
 
 
 # --------------------------------------------------------------------------- tests
@@ -285,7 +262,7 @@ async def test_non_stream_real_text_and_usage(stack: Stack, legacy: bool) -> Non
     (seen,) = stack.upstream_requests(run)
     assert seen["originator"] == "quartproxy"
     await stack.wait_for(lambda: not stack.rollouts(), "the thread was not cleaned up")
-    records = usage_records(stack)
+    records = usage_records(stack.usage_log)
     assert records and records[-1]["counts_source"] == "codex", records
 
 
@@ -415,7 +392,7 @@ async def test_disconnect_mid_stream_deletes_the_thread(stack: Stack) -> None:
     with stack.deadline(60):
         resp = await stack.client.post("/v1/chat/completions", headers=AUTH, json=chat(prompt))
     assert resp.status_code == 200 and resp.json()["usage"] == REAL_USAGE
-    records = usage_records(stack)
+    records = usage_records(stack.usage_log)
     assert any(r["outcome"] == "client_disconnect" for r in records), records
 
 

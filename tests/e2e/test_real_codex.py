@@ -18,7 +18,6 @@ import platform
 import signal
 import subprocess
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,27 +47,24 @@ from quartproxy.contract import (  # noqa: E402
     parse_sse,
 )
 
-from ..conftest import AUTH, FIXTURES, pid_alive, read_stream  # noqa: E402
+from ..conftest import AUTH, pid_alive, read_stream  # noqa: E402
 from ..servers import ServerProcess  # noqa: E402
-from .support import Upstream, proc_field  # noqa: E402
+from .support import (  # noqa: E402
+    REAL_USAGE,
+    STREAM_MAX_RETRIES,
+    UPSTREAM_KEY,
+    UPSTREAM_TEXT,
+    Upstream,
+    chat,
+    proc_field,
+    tagged,
+    usage_records,
+    write_codex_home,
+)
 
 pytestmark = pytest.mark.trio
 
 VERSIONS = ["0.36.0", "0.42.0"]
-UPSTREAM = FIXTURES / "fake_responses_upstream.py"
-UPSTREAM_TEXT = "Hello from the fake Responses upstream: real codex streamed this answer."
-UPSTREAM_KEY = "fake-upstream-key-e2e"
-# What codex reports from the upstream's usage block, mapped to OpenAI's names.
-REAL_USAGE = {
-    "prompt_tokens": 1234,
-    "completion_tokens": 56,
-    "total_tokens": 1290,
-    "prompt_tokens_details": {"cached_tokens": 7},
-    "completion_tokens_details": {"reasoning_tokens": 8},
-}
-# Fewer visible retries than codex's default 5 keep the `fail` case under a second; the
-# request count the upstream sees proves codex honoured it.
-STREAM_MAX_RETRIES = 2
 FAIL_ATTEMPTS = STREAM_MAX_RETRIES + 1
 REQUEST_TIMEOUT = 60
 
@@ -208,17 +204,6 @@ class Stack:
         return self.upstream.requests(run)
 
 
-def write_codex_home(codex_home: Path, upstream: Upstream) -> None:
-    codex_home.mkdir(parents=True, exist_ok=True)
-    (codex_home / "config.toml").write_text(
-        "[model_providers.fake]\n"
-        'name = "fake"\n'
-        f'base_url = "{upstream.base_url}/v1"\n'
-        'wire_api = "responses"\n'
-        'env_key = "FAKE_UPSTREAM_KEY"\n'
-        f"stream_max_retries = {STREAM_MAX_RETRIES}\n"
-    )
-
 
 @pytest.fixture
 async def stack(
@@ -252,14 +237,6 @@ async def stack(
     assert not left, f"codex processes alive after the proxy exited: {left}"
 
 
-def tagged(scenario: str) -> tuple[str, str]:
-    """A prompt selecting the upstream scenario, with a RUN tag unique to this call."""
-    run = uuid.uuid4().hex[:12]
-    return run, f"Say hello. SCENARIO={scenario} RUN={run}"
-
-
-def chat(prompt: str, **extra: Any) -> dict[str, Any]:
-    return {"model": "codex-5", "messages": [{"role": "user", "content": prompt}], **extra}
 
 
 def check_upstream_saw(st: Stack, run: str, attempts: int) -> list[dict[str, Any]]:
@@ -276,11 +253,6 @@ def check_upstream_saw(st: Stack, run: str, attempts: int) -> list[dict[str, Any
         assert r["user_text"].startswith("[user] Say hello.")
     return seen
 
-
-def usage_records(st: Stack) -> list[dict[str, Any]]:
-    if not st.usage_log.exists():
-        return []
-    return [json.loads(line) for line in st.usage_log.read_text().splitlines() if line.strip()]
 
 
 # --------------------------------------------------------------------------- tests
@@ -308,7 +280,7 @@ async def test_non_stream_real_text_and_usage(stack: Stack, legacy: bool) -> Non
     assert doc["usage"] == REAL_USAGE
     check_upstream_saw(stack, run, attempts=1)
     await stack.wait_no_codex()
-    records = usage_records(stack)
+    records = usage_records(stack.usage_log)
     assert records and records[-1]["counts_source"] == "codex", records
 
 
