@@ -163,7 +163,9 @@ def test_legacy_rejects_wrong_types_and_ranges(
 ) -> None:
     with pytest.raises(ApiError) as info:
         legacy(catalog, **{field: value})
-    assert (info.value.status, info.value.param) == (400, param)
+    assert (info.value.status, info.value.type, info.value.param) == (
+        400, "invalid_request_error", param)
+    assert field in info.value.message
 
 
 def test_every_table_entry_is_exercised() -> None:
