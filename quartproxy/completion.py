@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import errors
@@ -93,9 +94,18 @@ class End(enum.Enum):
     DISCONNECT = "disconnect"  # the client went away: nothing more is written
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Content:
+    """Answer text to send. One per streamed word: set through the slot, as
+    :class:`~quartproxy.events.Delta` is."""
+
     text: str
+
+    def __init__(self, text: str) -> None:
+        _set_content_text(self, text)
+
+
+_set_content_text: Callable[[Content, str], None] = Content.__dict__["text"].__set__
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +223,9 @@ class Completion:
         self.reasoning: list[list[str]] = []  # summary parts of the current attempt
         self.outcome: Finished | Failed | None = None
         self.end_cause: End | None = None
+        # Whether nothing more is produced: an outcome was reached, or the client left. A plain
+        # attribute, set where those two are, because it is read once per event.
+        self.done = False
         self.backend_error_text: str | None = None  # codex's own text, for logs only
         self.attempts = 1
         self._messages: list[_Message] = []
@@ -232,10 +245,6 @@ class Completion:
 
     def reasoning_text(self) -> list[str]:
         return [text for part in self.reasoning if (text := "".join(part))]
-
-    @property
-    def done(self) -> bool:
-        return self.outcome is not None or self.end_cause is End.DISCONNECT
 
     @property
     def finish_reason(self) -> str | None:
@@ -276,7 +285,7 @@ class Completion:
         out: list[Output] = []
         if isinstance(event, Delta):
             if event.text:
-                self._add_text(event.text, out, new_message=self._needs_new_message())
+                self._add_text(event.text, out)
         elif isinstance(event, Message):
             self._message(event.text, out)
         elif isinstance(event, TokenCount):
@@ -333,6 +342,7 @@ class Completion:
         self.end_cause = cause
         out: list[Output] = []
         if cause is End.DISCONNECT:
+            self.done = True
             return out
         if self.calls:
             self._finish("tool_calls", out)
@@ -379,15 +389,17 @@ class Completion:
     def _needs_new_message(self) -> bool:
         return not self._messages or self._messages[-1].final is not None
 
-    def _add_text(self, text: str, out: list[Output], *, new_message: bool) -> _Message | None:
-        """Append text to the current (or a new) message; ``None`` if the limit cut it first."""
-        if new_message:
-            if self._messages and self._messages[-1].answer():
+    def _add_text(self, text: str, out: list[Output]) -> _Message | None:
+        """Append text to the current message, or start one if there is none or the last one
+        was completed; ``None`` if the limit cut it first."""
+        messages = self._messages
+        if not messages or messages[-1].final is not None:
+            if messages and messages[-1].answer():
                 self._deliver(MESSAGE_SEPARATOR, out)
                 if self.done:
                     return None
-            self._messages.append(_Message())
-        message = self._messages[-1]
+            messages.append(_Message())
+        message = messages[-1]
         message.deltas.append(text)
         message.length += len(text)
         self._deliver(text, out)
@@ -396,7 +408,7 @@ class Completion:
     def _message(self, text: str, out: list[Output]) -> None:
         if self._needs_new_message():
             # A message with no deltas before it: all of its text is new.
-            if text and (message := self._add_text(text, out, new_message=True)) is not None:
+            if text and (message := self._add_text(text, out)) is not None:
                 message.final = text
             return
         message = self._messages[-1]
@@ -501,9 +513,11 @@ class Completion:
                     self._released.append(rest)
                     out.append(Content(rest))
             self.outcome = Finished(reason)
+            self.done = True
             out.append(self.outcome)
 
     def _fail(self, error: ApiError, out: list[Output]) -> None:
         if self.outcome is None:
             self.outcome = Failed(error)
+            self.done = True
             out.append(self.outcome)

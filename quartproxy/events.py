@@ -13,6 +13,7 @@ ready at once), which is what lets the relay answer a burst with one socket writ
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -40,11 +41,22 @@ class SessionConfigured:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Delta:
-    """Answer text of the current attempt."""
+    """Answer text of the current attempt.
+
+    Made once per streamed word, so its ``__init__`` writes the slot through its descriptor:
+    a frozen dataclass's own ``__init__`` goes through ``object.__setattr__`` and costs about
+    half as much again. It stays frozen to everyone else.
+    """
 
     text: str
+
+    def __init__(self, text: str) -> None:
+        _set_delta_text(self, text)
+
+
+_set_delta_text: Callable[[Delta, str], None] = Delta.__dict__["text"].__set__
 
 
 @dataclass(frozen=True, slots=True)

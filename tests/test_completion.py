@@ -19,7 +19,7 @@ are therefore not in the table but tested separately with explicit expectations:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import FrozenInstanceError, dataclass, field
 from typing import Any
 
 import pytest
@@ -944,3 +944,16 @@ def test_context_window_error_names_the_routes_prompt_field(param: str) -> None:
     assert completion.error is not None
     assert (completion.error.status, completion.error.code, completion.error.param) == (
         400, "context_length_exceeded", param)
+
+
+@pytest.mark.parametrize("cls", [Delta, completion_module.Content])
+def test_hot_values_stay_frozen_values(cls: Any) -> None:
+    """Delta and Content set their one field through the slot (they are made per word): they
+    must still be values — equal by content, hashable, printable, and not assignable."""
+    value = cls("word ")
+    assert value == cls("word ") and value != cls("other")
+    assert hash(value) == hash(cls("word "))
+    assert repr(value) == f"{cls.__name__}(text='word ')"
+    with pytest.raises(FrozenInstanceError):
+        value.text = "changed"
+    assert value.text == "word "

@@ -160,11 +160,11 @@ def classify_error(message: str) -> ErrorKind:
 
 def parse_line(line: bytes) -> Event | None:
     """One stdout line to an event; ``None`` for a blank line; :class:`NotAnEvent` for junk."""
-    if not line.strip():
-        return None
     try:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
+        if not line.strip():  # looked at only here: stripping every line costs a copy each
+            return None
         raise NotAnEvent(f"not JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise NotAnEvent("not a JSON object")
