@@ -156,7 +156,9 @@ class ExchangeConnection(TrioASGIHTTPConnection):
             async with trio.open_nursery() as nursery:
                 exchange.nursery = nursery
                 if direct is not None:  # the request path, without Quart (quartproxy.direct)
-                    nursery.start_soon(direct, exchange, scope, receive, tracking_send)
+                    # In the nursery's own body, not a task of it: the same cancel scope (a
+                    # disconnect still cancels it), one task fewer per request.
+                    await direct(exchange, scope, receive, tracking_send)
                 else:
                     request = self._create_request_from_scope(tracking_send)
                     nursery.start_soon(self.handle_messages, nursery, request, receive)

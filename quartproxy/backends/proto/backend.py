@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -113,12 +114,12 @@ class ProtoTurn:
             if events:
                 return events
 
-    async def write_submission(self, prompt: str) -> None:
+    async def write_submission(self, line: bytes) -> None:
         stdin = self.process.stdin
         if stdin is None:
             return
         try:
-            await stdin.send_all(submission(self.request_id, prompt))
+            await stdin.send_all(line)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             log.debug("child closed stdin early", extra={"req_id": self.request_id})
 
@@ -181,8 +182,12 @@ class ProtoBackend:
         turn = ProtoTurn(process, request.request_id, self.on_line)
         assert process.stderr is not None
         nursery.start_soon(turn.stderr.drain, process.stderr)
-        nursery.start_soon(turn.write_submission, request.prompt)
+        line = submission(request.request_id, request.prompt)
         try:
+            if len(line) <= select.PIPE_BUF:
+                await turn.write_submission(line)  # a new pipe takes this much without waiting
+            else:  # a long prompt is written while the relay reads, as codex reads it
+                nursery.start_soon(turn.write_submission, line)
             yield turn
         finally:
             with trio.CancelScope(shield=True):
