@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from . import errors
@@ -280,9 +280,23 @@ class Completion:
     # ----------------------------------------------------------------------------- inputs
 
     def feed(self, event: Event) -> list[Output]:
-        if self.done:
-            return []
+        """The outputs one event produces (none once the completion is done)."""
         out: list[Output] = []
+        if not self.done:
+            self._feed(event, out)
+        return out
+
+    def feed_batch(self, events: Iterable[Event]) -> list[Output]:
+        """The outputs of a batch, in order; events after the one that decided the outcome are
+        not looked at. One call per batch: the relay feeds every word of a stream through it."""
+        out: list[Output] = []
+        for event in events:
+            if self.done:
+                break
+            self._feed(event, out)
+        return out
+
+    def _feed(self, event: Event, out: list[Output]) -> None:
         if isinstance(event, Delta):
             if event.text:
                 self._add_text(event.text, out)
@@ -321,7 +335,7 @@ class Completion:
             if self._replay is not None:
                 # The retry ended before repeating everything already streamed: it diverged.
                 self._fail(_retry_diverged(), out)
-                return out
+                return
             if not self._messages and event.last_message:
                 self._message(event.last_message, out)
             if not self.done:
@@ -333,7 +347,6 @@ class Completion:
             self._terminate_with_text_or(
                 out, errors.backend_error(f"codex aborted the turn ({event.reason or 'unknown'})")
             )
-        return out
 
     def end(self, cause: End) -> list[Output]:
         """The I/O layer stopped for ``cause``; produce the terminal output for it."""

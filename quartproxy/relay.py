@@ -227,11 +227,7 @@ class Relay:
             with scope:
                 async for batch in turn:
                     self.batches += 1
-                    outputs: list[Output] = []
-                    for event in batch:
-                        outputs += completion.feed(event)
-                        if completion.done:
-                            break
+                    outputs = completion.feed_batch(batch)
                     if batch:
                         clock.activity(trio.current_time(), completion.tool_blocks)
                         scope.deadline = clock.deadline()

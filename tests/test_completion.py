@@ -957,3 +957,22 @@ def test_hot_values_stay_frozen_values(cls: Any) -> None:
     with pytest.raises(FrozenInstanceError):
         value.text = "changed"
     assert value.text == "word "
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_batch_gives_what_its_events_give_one_by_one(stream: bool) -> None:
+    """The relay feeds whole batches; the outputs must be those of feeding each event, and
+    nothing after the event that decided the outcome is looked at."""
+    batch: list[Event] = [Delta("Hel"), Delta("lo"), Retry("reconnecting"), Delta("Hel"),
+                          Delta("lo!"), TaskComplete("Hello!"), Delta("late")]
+    one_by_one = Completion(stream=stream, prompt_chars=5)
+    expected: list[Output] = []
+    for event in batch:
+        expected += one_by_one.feed(event)
+    batched = Completion(stream=stream, prompt_chars=5)
+    outputs = batched.feed_batch(batch)
+    assert outputs == expected
+    assert outputs[-1] == Finished("stop")
+    assert Content("late") not in outputs
+    assert batched.text() == one_by_one.text() == "Hello!"
+    assert batched.feed_batch([Delta("after")]) == []

@@ -172,6 +172,9 @@ def parse_line(line: bytes) -> Event | None:
     if not isinstance(msg, dict):
         msg = obj
     kind = msg.get("type")
+    if kind == "agent_message_delta":  # nearly every line of a stream: answered here
+        delta = msg.get("delta")
+        return Delta(delta if isinstance(delta, str) else "")
     if not isinstance(kind, str):
         kind = obj.get("type")
     if not isinstance(kind, str):
