@@ -189,8 +189,7 @@ class DirectRoutes:
         await send({
             "type": "http.response.start",
             "status": answer.status,
-            # Encoded as Quart encodes them (names lower-cased, values as UTF-8).
-            "headers": [(key.lower().encode(), value.encode()) for key, value in headers],
+            "headers": [_encoded(key, value) for key, value in headers],
         })
         body = answer.body
         if isinstance(body, bytes):
@@ -198,7 +197,26 @@ class DirectRoutes:
             return
         async for data in body:
             await send({"type": "http.response.body", "body": data, "more_body": True})
+            del data  # an open stream waits for its next piece without holding the last one
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+# Encoded header pairs, shared: Hypercorn keeps a response's header list for as long as the
+# response lasts, so an open stream holds one list of references instead of its own copies.
+# Bounded, because some values come from the request (an allowed Origin) or are unique (the
+# request id): past the bound, pairs are encoded per response as before.
+_ENCODED: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+_ENCODED_MAX = 256
+
+
+def _encoded(key: str, value: str) -> tuple[bytes, bytes]:
+    """A header as Quart encodes it: the name lower-cased, both as UTF-8."""
+    pair = _ENCODED.get((key, value))
+    if pair is None:
+        pair = (key.lower().encode(), value.encode())
+        if len(_ENCODED) < _ENCODED_MAX and key != "X-Request-Id":
+            _ENCODED[(key, value)] = pair
+    return pair
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

@@ -337,12 +337,16 @@ class StderrTail:
     """Keeps the last bytes of a process's stderr for diagnostics; never shown to clients."""
 
     def __init__(self, limit: int = STDERR_TAIL_BYTES) -> None:
-        self._chunks: deque[bytes] = deque()
+        # Made at the first write: most processes never write to stderr, and an empty deque
+        # is most of a kilobyte per open request.
+        self._chunks: deque[bytes] | None = None
         self._size = 0
         self._limit = limit
         self.total = 0
 
     def add(self, data: bytes) -> None:
+        if self._chunks is None:
+            self._chunks = deque()
         self.total += len(data)
         self._chunks.append(data)
         self._size += len(data)
@@ -350,6 +354,8 @@ class StderrTail:
             self._size -= len(self._chunks.popleft())
 
     def text(self) -> str:
+        if self._chunks is None:
+            return ""
         data = b"".join(self._chunks)[-self._limit :]
         return data.decode("utf-8", "replace")
 

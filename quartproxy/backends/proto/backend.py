@@ -49,6 +49,7 @@ TOOLS_UNSUPPORTED = (
 )
 
 LineHook = Callable[[str, bytes], None]
+ARGV_CACHE_SIZE = 64
 
 
 def build_argv(
@@ -137,6 +138,7 @@ class ProtoBackend:
         self.lifecycle = lifecycle
         self.on_line = on_line
         self.env = child_env(settings)
+        self._argvs: dict[tuple[tuple[str, ...], str, str | None], tuple[str, ...]] = {}
         self._capabilities = Capabilities(
             name="proto", version=version, tools=False, tools_reason=TOOLS_UNSUPPORTED
         )
@@ -165,6 +167,18 @@ class ProtoBackend:
             reasons.append(str(exc))
         return reasons + directory_problems(self.settings)
 
+    def _argv(self, program: list[str], model: str, effort: str | None) -> list[str]:
+        """The child's argv, its strings shared between requests that ask for the same model
+        and effort (a process keeps its argv for as long as it runs). Bounded: models are
+        validated names, but a client chooses them."""
+        key = (tuple(program), model, effort)
+        argv = self._argvs.get(key)
+        if argv is None:
+            argv = tuple(build_argv(self.settings, program, model, effort))
+            if len(self._argvs) < ARGV_CACHE_SIZE:
+                self._argvs[key] = argv
+        return list(argv)
+
     @asynccontextmanager
     async def open_turn(self, request: TurnRequest) -> AsyncIterator[ProtoTurn]:
         nursery = self._nursery
@@ -174,7 +188,7 @@ class ProtoBackend:
         try:
             program = resolve_executable(settings)
             process = await spawn(
-                build_argv(settings, program, request.model, request.effort),
+                self._argv(program, request.model, request.effort),
                 env=self.env, cwd=settings.codex_workdir,
             )
         except SpawnError as exc:
