@@ -31,6 +31,7 @@ SSE_HEADERS = {
     "Cache-Control": "no-cache, no-transform",
     "X-Accel-Buffering": "no",
 }
+_SSE_HEADER_ITEMS = tuple(SSE_HEADERS.items())  # shared by every stream's header list
 DEFAULT_ALLOW_HEADERS = (
     "Authorization, Content-Type, Accept, OpenAI-Organization, OpenAI-Project, OpenAI-Beta, "
     "X-Stainless-Lang, X-Stainless-Package-Version, X-Stainless-OS, X-Stainless-Arch, "
@@ -79,7 +80,7 @@ def error_answer(error: ApiError) -> Answer:
 
 
 def stream_answer(body: AsyncIterable[bytes]) -> Answer:
-    return Answer(200, list(SSE_HEADERS.items()), body)
+    return Answer(200, list(_SSE_HEADER_ITEMS), body)
 
 
 def authorise(http: Inbound, api_keys: Sequence[bytes], exchange: Exchange) -> str:

@@ -90,11 +90,11 @@ def _rpc_error(value: Any) -> RpcError:
 
 def parse_message(line: bytes) -> Incoming | None:
     """One stdout line to a message; ``None`` for a blank line; :class:`NotAMessage` for junk."""
-    if not line.strip():
-        return None
     try:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
+        if not line.strip():  # looked at only here: stripping every line costs a copy each
+            return None
         raise NotAMessage(f"not JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise NotAMessage("not a JSON object")

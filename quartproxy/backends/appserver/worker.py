@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,7 +108,9 @@ class ThreadRoute:
         self.diagnostics = TurnDiagnostics(worker=worker.name, thread_id=thread_id)
         self.end: End | None = None
         self.peak_bytes = 0
-        self._queue: deque[Notification] = deque()
+        # A list, swapped whole by the consumer: an empty deque is most of a kilobyte, and an
+        # open stream keeps one between batches.
+        self._queue: list[Notification] = []
         self._bytes = 0
         self._closed = False
         self._wake = trio.Event()
@@ -152,7 +153,7 @@ class ThreadRoute:
         while True:
             if self._queue:
                 notes = self._queue
-                self._queue = deque()
+                self._queue = []
                 self._bytes = 0
                 translate = self.translator.feed
                 events: list[Event] = []
