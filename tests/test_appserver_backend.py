@@ -293,6 +293,38 @@ async def test_full_workers_answer_429(start_proxy: StartProxy, tmp_path: Path) 
     assert statuses == [429]
 
 
+async def test_requests_queued_at_a_full_worker_all_get_their_turn(
+    start_proxy: StartProxy, tmp_path: Path
+) -> None:
+    """Room for one turn wakes one queued request (not all of them): no wake may be lost, so
+    twelve requests through a worker that carries two at a time are all answered in full, and
+    the worker never carries more than two."""
+    proxy, record = await app_proxy(start_proxy, tmp_path, workers=1, worker_max_turns=2,
+                                    queue_timeout_ms=600_000)
+    pool = backend(proxy)
+    most = 0
+    results: dict[int, tuple[str, str | None]] = {}
+
+    async def one(i: int) -> None:
+        nonlocal most
+        async with proxy.client() as client:
+            _, raw = await read_stream(client, "/v1/chat/completions",
+                                       stream_body(f"SCENARIO=paced DELTAS={3 + i} DELAY_MS=5"))
+        most = max(most, *(worker.load for worker in pool.workers()))
+        text, finish, _ = checked(raw)
+        results[i] = (text, finish)
+
+    with trio.fail_after(60):  # a lost wake leaves a request waiting for the queue timeout
+        async with trio.open_nursery() as nursery:
+            for i in range(12):
+                nursery.start_soon(one, i)
+    for i in range(12):
+        expected = "".join(["w0", *(f" w{k}" for k in range(1, 3 + i))])
+        assert results[i] == (expected, "stop"), i
+    assert most <= 2
+    await threads_cleaned(proxy, record, count=12)
+
+
 async def test_a_stalled_client_stalls_nobody_else(start_proxy: StartProxy, tmp_path: Path) -> None:
     """One worker; a client that stops reading a huge stream. Others on the same worker are
     answered meanwhile; the stalled turn's buffer passes its cap and that turn alone is cut."""

@@ -82,8 +82,9 @@ class AppServerBackend:
         self.restarts: dict[str, int] = {}  # cause -> count
         self.retired: list[Worker] = []  # draining for a recycle
         self._slot_state: list[str] = ["starting"] * settings.workers
-        self._changed = trio.Event()
-        self._waiting = 0  # requests in _lease waiting for room
+        # Requests waiting for room, in arrival order. Room for one turn wakes one of them, a
+        # change of the pool wakes all (see _room and _notify).
+        self._queue = trio.lowlevel.ParkingLot()
         self._generation = 0
         # Workers accepting turns right now; tests and start-up logs can wait on it.
         self.ready_count: trio_util.AsyncValue[int] = trio_util.AsyncValue(0)
@@ -175,34 +176,28 @@ class AppServerBackend:
                 raise BackendUnavailable(
                     "No codex worker is ready: " + "; ".join(self.readiness())
                 )
-            self._waiting += 1
-            try:
-                with trio.move_on_at(deadline):
-                    await self._changed.wait()
-            finally:
-                self._waiting -= 1
+            with trio.move_on_at(deadline):
+                await self._queue.park()
 
     def _notify(self) -> None:
         """The pool changed (a worker started, became ready, retired or ended)."""
         self.ready_count.value = sum(
             1 for worker in self.slots if worker is not None and worker.accepting
         )
-        self._changed.set()
-        self._changed = trio.Event()
+        self._queue.unpark_all()
 
     def _room(self, worker: Worker) -> None:
         """A turn of ``worker`` ended or one of its threads was deleted (twice per turn).
 
-        Only room on a worker that takes turns can let a waiting request go on: while a worker
-        is recycled, its old process ending its last turns must not wake every queued request
-        on each of them (a request that woke re-arms its wait, and at 64 queued requests that
-        cost more CPU than the turns themselves)."""
+        That is room for one turn, so it wakes one waiting request, the longest waiting: waking
+        them all had each re-check and re-arm its wait, which at 64 in flight cost more CPU
+        than the turns themselves. Only room on a worker that takes turns counts: a recycled
+        worker's old process ending its last turns wakes nobody."""
         self.ready_count.value = sum(
             1 for each in self.slots if each is not None and each.accepting
         )  # a crashed worker ends its turns before its slot is cleared: count it out now
-        if self._waiting and worker.accepting:
-            self._changed.set()
-            self._changed = trio.Event()
+        if worker.accepting:
+            self._queue.unpark(count=1)
 
     def _recycle(self, worker: Worker) -> None:
         for index, current in enumerate(self.slots):
