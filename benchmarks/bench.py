@@ -65,7 +65,8 @@ class Server:
 
     ready_timeout_s = 60.0
 
-    def __init__(self, program: Path, workdir: Path, **env: str) -> None:
+    def __init__(self, program: Path, workdir: Path, *, argv: list[str] | None = None,
+                 **env: str) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.target = Target(self.base, KEY)
@@ -84,7 +85,8 @@ class Server:
             self.proc = subprocess.Popen(
                 # Not `-m quartproxy serve`: a busy shared machine may have scripts that end
                 # stray test servers by that name.
-                [sys.executable, "-c", "from quartproxy.cli import main; main()", "serve"],
+                argv or [sys.executable, "-c", "from quartproxy.cli import main; main()",
+                         "serve"],
                 env=full_env, cwd=workdir,
                 stdout=log, stderr=subprocess.PIPE,
             )
@@ -189,6 +191,12 @@ def ms(seconds: float) -> float:
     return seconds * 1000
 
 
+def own_cpu_s() -> float:
+    """User + system CPU seconds of this process (the floors' clients run in it)."""
+    times = os.times()
+    return times.user + times.system
+
+
 async def first_contents(target: Target, count: int) -> list[Reply]:
     conn = Connection(target)
     raw = target.chat(True)
@@ -269,7 +277,9 @@ async def proto(workdir: Path, sizes: Sizes, compare: Target | None,
     child = floors.build(workdir, "fastchild")
     figures: list[Figure] = []
     conc = 16
+    cpu0 = own_cpu_s()
     floor_rate, _ = await floors.spawn_rate(child, sizes.total, conc)
+    spawn_cpu = (own_cpu_s() - cpu0) / sizes.total
     floor_first = await floors.spawn_first(child, sizes.ttfc)
     floor_tail_rate, floor_tail = await floors.spawn_rate(child, sizes.tail, 64)
     env = {"PROXY_BACKEND": "proto", "FASTCHILD_DELTAS": "10"}
@@ -281,8 +291,10 @@ async def proto(workdir: Path, sizes: Sizes, compare: Target | None,
                                        concurrency=conc)
         cpu_per_req = (server.cpu_s() - cpu0) / sizes.total
         check(replies, "proto non-stream")
+        cpu0 = server.cpu_s()
         srate, sreplies = await run_load(target, target.chat(True), total=sizes.total,
                                          concurrency=conc, count=WORD)
+        stream_cpu = (server.cpu_s() - cpu0) / sizes.total
         check(sreplies, "proto stream", frames=10)
         firsts = await first_contents(target, sizes.ttfc)
         _, tail = await run_load(target, target.chat(True), total=sizes.tail, concurrency=64,
@@ -304,6 +316,10 @@ async def proto(workdir: Path, sizes: Sizes, compare: Target | None,
                note=f"floor: spawn floor at 64 ({floor_tail_rate:.0f}/s)"),
         Figure("proto", "server CPU per non-stream request", "ms", ms(cpu_per_req), None,
                kind="time", note="children excluded"),
+        Figure("proto", "server CPU per stream request", "ms", ms(stream_cpu), None,
+               kind="time", note="children excluded"),
+        Figure("proto", "floor's own CPU per spawn @16", "ms", ms(spawn_cpu), None,
+               kind="time", note="the floor's process: spawn, pipes, reap (children excluded)"),
     ]
     floor_lines = await floors.lines_per_s(child, sizes.big)
     with Server(child, workdir, PROXY_BACKEND="proto", FASTCHILD_DELTAS=str(sizes.big)) as server:
@@ -373,12 +389,15 @@ async def appserver(workdir: Path, sizes: Sizes) -> list[Figure]:
                target="<= floor + 1 ms",
                note="worker's write of its first delta -> client has it (same clock)"),
     ]
+    floor64 = math.nan
     with Server(worker, workdir, **env) as server:
         target = server.target
         await run_load(target, target.chat(False), total=64, concurrency=8)  # warm up
         for inflight in (1, 8, 64):
             total = max(sizes.total // (4 if inflight == 1 else 1), 16)
+            own0 = own_cpu_s()
             floor = await floors.direct_rate(worker, total, inflight)
+            floor_cpu = (own_cpu_s() - own0) / total
             cpu0 = server.cpu_s()
             rate, replies = await run_load(target, target.chat(False), total=total,
                                            concurrency=inflight)
@@ -388,16 +407,160 @@ async def appserver(workdir: Path, sizes: Sizes) -> list[Figure]:
                 "app-server", f"turns/s, {inflight} in flight, one worker", "turns/s", rate,
                 floor, target=">= 1500/s" if inflight == 64 else "",
                 note=f"floor: direct client; proxy CPU {ms(cpu):.2f} ms/turn"))
+            if inflight == 64:
+                floor64 = floor
+                figures += [
+                    Figure("app-server", "server CPU per turn @64", "ms", ms(cpu), None,
+                           kind="time", note="the proxy process, worker excluded"),
+                    Figure("app-server", "floor's own CPU per turn @64", "ms", ms(floor_cpu),
+                           None, kind="time", note="the direct JSON-RPC client's process"),
+                ]
         rate, replies = await run_load(target, target.chat(True), total=sizes.total,
                                        concurrency=64, count=WORD)
         check(replies, "app-server stream at 64", frames=10)
         figures.append(Figure("app-server", "stream turns/s, 64 in flight, one worker",
-                              "turns/s", rate, figures[-1].floor))
+                              "turns/s", rate, floor64))
     with Server(worker, workdir, FAST_HANG="1", **{**env, "FAST_DELTAS": "3"}) as server:
         per_stream = await memory_per_stream(server, sizes.open_streams)
     figures.append(Figure("app-server", f"memory per open stream ({sizes.open_streams} open)",
                           "KiB", per_stream, None, kind="time", target="<= 30 KiB"))
     return figures
+
+
+async def stack(workdir: Path, sizes: Sizes) -> list[Figure]:
+    """The HTTP stack alone (``barestack.py``: Hypercorn's trio worker and h11 answering as the
+    proxy does, with nothing behind) under the proxy's loads: its share of every figure."""
+    argv = [sys.executable, str(HERE / "barestack.py")]
+    python = Path(sys.executable)
+    with Server(python, workdir, argv=argv) as server:
+        target = server.target
+        await run_load(target, target.chat(False), total=32, concurrency=4)  # warm up
+        cpu0 = server.cpu_s()
+        rate, replies = await run_load(target, target.chat(False), total=sizes.total,
+                                       concurrency=16)
+        cpu16 = (server.cpu_s() - cpu0) / sizes.total
+        check(replies, "stack non-stream")
+        cpu0 = server.cpu_s()
+        srate, sreplies = await run_load(target, target.chat(True), total=sizes.total,
+                                         concurrency=16, count=WORD)
+        stream_cpu = (server.cpu_s() - cpu0) / sizes.total
+        check(sreplies, "stack stream", frames=10)
+        firsts = await first_contents(target, sizes.ttfc)
+        cpu0 = server.cpu_s()
+        rate64, replies64 = await run_load(target, target.chat(False), total=sizes.total,
+                                           concurrency=64)
+        cpu64 = (server.cpu_s() - cpu0) / sizes.total
+        check(replies64, "stack non-stream at 64")
+    with Server(python, workdir, argv=argv, BARE_HANG="1") as server:
+        per_stream = await memory_per_stream(server, sizes.open_streams)
+    first_ms = statistics.median(ms(r.first_content - r.started) for r in firsts
+                                 if r.first_content is not None)
+    note = "Hypercorn (trio) + h11 answering at once, nothing behind"
+    return [
+        Figure("stack", "non-stream requests/s @16 conns", "req/s", rate, None, note=note),
+        Figure("stack", "stream requests/s @16 conns", "req/s", srate, None),
+        Figure("stack", "non-stream requests/s @64 conns", "req/s", rate64, None),
+        Figure("stack", "first content p50, 1 conn", "ms", first_ms, None, kind="time"),
+        Figure("stack", "server CPU per non-stream request @16", "ms", ms(cpu16), None,
+               kind="time"),
+        Figure("stack", "server CPU per stream request @16", "ms", ms(stream_cpu), None,
+               kind="time"),
+        Figure("stack", "server CPU per non-stream request @64", "ms", ms(cpu64), None,
+               kind="time"),
+        Figure("stack", f"memory per open stream ({sizes.open_streams} open)", "KiB",
+               per_stream, None, kind="time"),
+    ]
+
+
+@dataclass
+class Headroom:
+    """What a target leaves for the proxy's own work, once the HTTP stack and the floor's own
+    work (which any proxy must also do) have taken their share, beside what that work costs
+    the proxy now. CPU rows are per request in one process (trio runs on one core, so a rate
+    needs its whole cost to fit in 1/rate); time rows are latency beyond the floor."""
+
+    target: str
+    unit: str
+    budget: float
+    stack: float
+    floor_work: float
+    proxy_total: float
+
+    @property
+    def left(self) -> float:
+        return self.budget - self.stack - self.floor_work
+
+    @property
+    def proxy_own(self) -> float:
+        return self.proxy_total - self.stack - self.floor_work
+
+    def row(self) -> dict[str, object]:
+        return {**asdict(self), "left": self.left, "proxy_own": self.proxy_own}
+
+
+def headroom(figures: list[Figure], open_streams: int) -> list[Headroom]:
+    """Every target whose figures were measured in this run, split as :class:`Headroom` says."""
+    by = {(f.group, f.name): f for f in figures}
+
+    def value(group: str, name: str) -> float | None:
+        found = by.get((group, name))
+        return found.value if found is not None else None
+
+    def floor(group: str, name: str) -> float | None:
+        found = by.get((group, name))
+        return found.floor if found is not None else None
+
+    rows: list[Headroom] = []
+    memory = f"memory per open stream ({open_streams} open)"
+    stack_cpu = value("stack", "server CPU per non-stream request @16")
+    stack_stream_cpu = value("stack", "server CPU per stream request @16")
+    stack_cpu64 = value("stack", "server CPU per non-stream request @64")
+    stack_first = value("stack", "first content p50, 1 conn")
+    stack_memory = value("stack", memory)
+    spawn = value("proto", "floor's own CPU per spawn @16")
+    rate_floor = floor("proto", "non-stream requests/s @16 conns")
+    proxy_cpu = value("proto", "server CPU per non-stream request")
+    proxy_stream_cpu = value("proto", "server CPU per stream request")
+    if None not in (stack_cpu, spawn, rate_floor, proxy_cpu):
+        assert stack_cpu is not None and spawn is not None and rate_floor is not None
+        assert proxy_cpu is not None
+        rows.append(Headroom("proto non-stream >= 0.6 x floor", "ms CPU/request",
+                             1000 / (0.6 * rate_floor), stack_cpu, spawn, proxy_cpu))
+    if None not in (stack_stream_cpu, spawn, rate_floor, proxy_stream_cpu):
+        assert stack_stream_cpu is not None and spawn is not None and rate_floor is not None
+        assert proxy_stream_cpu is not None
+        rows.append(Headroom("proto stream >= 0.55 x floor", "ms CPU/request",
+                             1000 / (0.55 * rate_floor), stack_stream_cpu, spawn,
+                             proxy_stream_cpu))
+    client = value("app-server", "floor's own CPU per turn @64")
+    proxy_cpu64 = value("app-server", "server CPU per turn @64")
+    if None not in (stack_cpu64, client, proxy_cpu64):
+        assert stack_cpu64 is not None and client is not None and proxy_cpu64 is not None
+        rows.append(Headroom("app-server >= 1,500 turns/s @64", "ms CPU/turn", 1000 / 1500,
+                             stack_cpu64, client, proxy_cpu64))
+    for group, allowed, name in (("proto", 0.8, "first content p50, 1 conn"),
+                                 ("app-server", 0.5, "first content p50, warm worker")):
+        total, base = value(group, name), floor(group, name)
+        if stack_first is not None and total is not None and base is not None:
+            rows.append(Headroom(f"{group} first content <= floor + {allowed} ms", "ms",
+                                 allowed, stack_first, 0.0, total - base))
+    for group in ("proto", "app-server"):
+        total = value(group, memory)
+        if stack_memory is not None and total is not None:
+            rows.append(Headroom(f"{group} memory per open stream <= 30 KiB", "KiB", 30.0,
+                                 stack_memory, 0.0, total))
+    return rows
+
+
+def headroom_table(rows: list[Headroom]) -> str:
+    head = ["target", "budget", "stack", "floor's work", "left for the proxy",
+            "proxy's own now", "unit"]
+    lines = [head] + [[r.target, f"{r.budget:.2f}", f"{r.stack:.2f}", f"{r.floor_work:.2f}",
+                       f"{r.left:.2f}", f"{r.proxy_own:.2f}", r.unit] for r in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(line, widths, strict=True)))
+                     for line in lines)
 
 
 def _stamp(reply: Reply) -> int:
@@ -466,6 +629,8 @@ async def one_run(args: argparse.Namespace, workdir: Path) -> list[Figure]:
         figures += await proto(workdir, sizes, compare, args.compare_pid)
     if args.only in (None, "app-server"):
         figures += await appserver(workdir, sizes)
+    if args.only in (None, "stack"):
+        figures += await stack(workdir, sizes)
     return figures
 
 
@@ -487,11 +652,16 @@ async def main(args: argparse.Namespace) -> int:
     print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}; "
           f"medians of {args.runs} run(s){' (--quick)' if args.quick else ''}")
     print(table(figures, args.compare is not None))
+    rows = headroom(figures, Sizes.make(args.quick).open_streams)
+    if rows:
+        print("what each target leaves for the proxy's own work (same run):")
+        print(headroom_table(rows))
     if args.json:
         doc = {"machine": {"cores": os.cpu_count(), "python": sys.version.split()[0],
                            "load": os.getloadavg()},
                "quick": args.quick, "runs": args.runs, "compare": args.compare,
-               "figures": [f.row() for f in figures]}
+               "figures": [f.row() for f in figures],
+               "headroom": [r.row() for r in rows]}
         await trio.Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
     return 0
 
@@ -502,7 +672,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="a small version of everything: fails on errors, never on timing")
     parser.add_argument("--runs", type=int, default=1, help="repeat and report medians")
     parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON")
-    parser.add_argument("--only", choices=["proto", "app-server"], help="one backend only")
+    parser.add_argument("--only", choices=["proto", "app-server", "stack"],
+                        help="one group only (stack: the HTTP stack alone)")
     parser.add_argument("--compare", metavar="URL",
                         help="also load another OpenAI-compatible server (http://host:port)")
     parser.add_argument("--compare-key", default="x", help="bearer key for --compare")
