@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import time
@@ -182,6 +183,10 @@ def write_access(fields: dict[str, Any]) -> None:
     access_logger.info("access", extra={"fields": fields})
 
 
+# Records reach the file at most this long after they were made; a burst in between is one write.
+WRITE_INTERVAL_S = 0.02
+
+
 class NdjsonLog:
     """Appends records (usage, proto events) from one writer task; :meth:`record` never
     blocks. With ``max_bytes`` the file rotates by size (see :mod:`quartproxy.logfiles`),
@@ -206,12 +211,20 @@ class NdjsonLog:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         task_status.started()
+        last_write = -math.inf
         async with self._receive:
             while True:
                 try:
                     first = await self._receive.receive()
                 except trio.EndOfChannel:
                     return
+                # At most one write per WRITE_INTERVAL_S: each is a trip to a worker thread,
+                # which under load cost more than the records' own work. Shielded, so that a
+                # record already taken is written even if the server is cancelled meanwhile.
+                wait = last_write + WRITE_INTERVAL_S - trio.current_time()
+                if wait > 0:
+                    with trio.CancelScope(shield=True):
+                        await trio.sleep(wait)
                 batch = [first]
                 while True:
                     try:
@@ -219,6 +232,7 @@ class NdjsonLog:
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
                 await trio.to_thread.run_sync(self._append, b"".join(batch))
+                last_write = trio.current_time()
                 self.written.value += len(batch)
 
     def record_line(self, request_id: str, line: bytes) -> None:

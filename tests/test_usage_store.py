@@ -274,3 +274,35 @@ def test_a_line_longer_than_a_read_block(tmp_path: Path, monkeypatch: pytest.Mon
     check(store, records, cases)
     assert store.tail(200) == records[-200:]
     assert os.path.getsize(path) > 5000
+
+
+async def test_records_made_between_writes_go_out_together(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One write (a trip to a worker thread) per WRITE_INTERVAL_S at most: records made in
+    between are written together, none is lost, and none waits longer than the interval."""
+    from quartproxy import observability
+
+    path = tmp_path / "usage.ndjson"
+    log = NdjsonLog(path)
+    writes: list[int] = []
+    append = log._append
+
+    def counting(data: bytes) -> None:
+        writes.append(data.count(b"\n"))
+        append(data)
+
+    monkeypatch.setattr(log, "_append", counting)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run)
+        log.record({"n": 0})
+        await log.written.wait_value(1)
+        started = trio.current_time()
+        for n in range(1, 6):
+            log.record({"n": n})
+            await trio.sleep(observability.WRITE_INTERVAL_S / 10)
+        await log.written.wait_value(6)
+        assert trio.current_time() - started <= observability.WRITE_INTERVAL_S * 2
+        log.close()
+    assert writes == [1, 5]
+    assert [orjson.loads(line)["n"] for line in path.read_text().splitlines()] == list(range(6))
