@@ -118,6 +118,11 @@ class Server:
         ticks = os.sysconf("SC_CLK_TCK")
         return (self._stat(11) + self._stat(12)) / ticks
 
+    def children_cpu_s(self) -> float:
+        """User + system CPU seconds of the server's children that it has reaped (proto)."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (self._stat(13) + self._stat(14)) / ticks
+
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -286,10 +291,12 @@ async def proto(workdir: Path, sizes: Sizes, compare: Target | None,
     with Server(child, workdir, **env) as server:
         target = server.target
         await run_load(target, target.chat(False), total=32, concurrency=4)  # warm up
-        cpu0 = server.cpu_s()
+        cpu0, kids0, client0 = server.cpu_s(), server.children_cpu_s(), own_cpu_s()
         rate, replies = await run_load(target, target.chat(False), total=sizes.total,
                                        concurrency=conc)
         cpu_per_req = (server.cpu_s() - cpu0) / sizes.total
+        kids_per_req = (server.children_cpu_s() - kids0) / sizes.total
+        client_per_req = (own_cpu_s() - client0) / sizes.total
         check(replies, "proto non-stream")
         cpu0 = server.cpu_s()
         srate, sreplies = await run_load(target, target.chat(True), total=sizes.total,
@@ -320,6 +327,10 @@ async def proto(workdir: Path, sizes: Sizes, compare: Target | None,
                kind="time", note="children excluded"),
         Figure("proto", "floor's own CPU per spawn @16", "ms", ms(spawn_cpu), None,
                kind="time", note="the floor's process: spawn, pipes, reap (children excluded)"),
+        Figure("proto", "children's CPU per non-stream request", "ms", ms(kids_per_req), None,
+               kind="time", note="the stand-in processes the server spawned and reaped"),
+        Figure("proto", "load client's CPU per non-stream request", "ms", ms(client_per_req),
+               None, kind="time", note="loadgen.py, on the same machine"),
     ]
     floor_lines = await floors.lines_per_s(child, sizes.big)
     with Server(child, workdir, PROXY_BACKEND="proto", FASTCHILD_DELTAS=str(sizes.big)) as server:
@@ -526,6 +537,17 @@ def headroom(figures: list[Figure], open_streams: int) -> list[Headroom]:
         assert proxy_cpu is not None
         rows.append(Headroom("proto non-stream >= 0.6 x floor", "ms CPU/request",
                              1000 / (0.6 * rate_floor), stack_cpu, spawn, proxy_cpu))
+    kids = value("proto", "children's CPU per non-stream request")
+    client_cpu = value("proto", "load client's CPU per non-stream request")
+    cores = os.cpu_count() or 1
+    if None not in (stack_cpu, spawn, rate_floor, proxy_cpu, kids, client_cpu) and cores > 1:
+        assert stack_cpu is not None and spawn is not None and rate_floor is not None
+        assert proxy_cpu is not None and kids is not None and client_cpu is not None
+        # Several proxy processes on one port could use every core, but the children and the
+        # load client need CPU too: the whole machine's budget per request.
+        rows.append(Headroom(f"  same, any number of processes ({cores} cores)",
+                             "ms CPU/request", cores * 1000 / (0.6 * rate_floor), stack_cpu,
+                             spawn + kids + client_cpu, proxy_cpu + kids + client_cpu))
     if None not in (stack_stream_cpu, spawn, rate_floor, proxy_stream_cpu):
         assert stack_stream_cpu is not None and spawn is not None and rate_floor is not None
         assert proxy_stream_cpu is not None
