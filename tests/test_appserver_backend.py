@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -254,23 +255,32 @@ async def test_shutdown_finalizes_and_deletes(start_proxy: StartProxy, tmp_path:
 # ----------------------------------------------------------------------------- many at once
 
 
-async def test_concurrent_turns_route_by_thread(start_proxy: StartProxy, tmp_path: Path) -> None:
-    proxy, record = await app_proxy(start_proxy, tmp_path, workers=2, worker_max_turns=16)
+async def paced_streams(proxy: Proxy, count: int, *, first: int,
+                        after_each: Callable[[], None] = lambda: None) -> None:
+    """``count`` streams at once, the i-th of ``first + i`` words; each must come back whole
+    (``w0 w1 …``) with ``stop``. ``after_each`` runs as each one ends."""
     results: dict[int, tuple[str, str | None]] = {}
 
     async def one(i: int) -> None:
         async with proxy.client() as client:
-            _, raw = await read_stream(client, "/v1/chat/completions",
-                                       stream_body(f"SCENARIO=paced DELTAS={5 + i} DELAY_MS=5"))
+            _, raw = await read_stream(
+                client, "/v1/chat/completions",
+                stream_body(f"SCENARIO=paced DELTAS={first + i} DELAY_MS=5"))
+        after_each()
         text, finish, _ = checked(raw)
         results[i] = (text, finish)
 
     async with trio.open_nursery() as nursery:
-        for i in range(20):
+        for i in range(count):
             nursery.start_soon(one, i)
-    for i in range(20):
-        expected = "".join(["w0", *(f" w{k}" for k in range(1, 5 + i))])
+    for i in range(count):
+        expected = "".join(["w0", *(f" w{k}" for k in range(1, first + i))])
         assert results[i] == (expected, "stop"), i
+
+
+async def test_concurrent_turns_route_by_thread(start_proxy: StartProxy, tmp_path: Path) -> None:
+    proxy, record = await app_proxy(start_proxy, tmp_path, workers=2, worker_max_turns=16)
+    await paced_streams(proxy, 20, first=5)
     await threads_cleaned(proxy, record, count=20)
     assert len({line["_worker"] for line in record.lines()}) == 2  # both workers took turns
 
@@ -302,26 +312,14 @@ async def test_requests_queued_at_a_full_worker_all_get_their_turn(
     proxy, record = await app_proxy(start_proxy, tmp_path, workers=1, worker_max_turns=2,
                                     queue_timeout_ms=600_000)
     pool = backend(proxy)
-    most = 0
-    results: dict[int, tuple[str, str | None]] = {}
+    loads: list[int] = []
 
-    async def one(i: int) -> None:
-        nonlocal most
-        async with proxy.client() as client:
-            _, raw = await read_stream(client, "/v1/chat/completions",
-                                       stream_body(f"SCENARIO=paced DELTAS={3 + i} DELAY_MS=5"))
-        most = max(most, *(worker.load for worker in pool.workers()))
-        text, finish, _ = checked(raw)
-        results[i] = (text, finish)
+    def look() -> None:
+        loads.extend(worker.load for worker in pool.workers())
 
     with trio.fail_after(60):  # a lost wake leaves a request waiting for the queue timeout
-        async with trio.open_nursery() as nursery:
-            for i in range(12):
-                nursery.start_soon(one, i)
-    for i in range(12):
-        expected = "".join(["w0", *(f" w{k}" for k in range(1, 3 + i))])
-        assert results[i] == (expected, "stop"), i
-    assert most <= 2
+        await paced_streams(proxy, 12, first=3, after_each=look)
+    assert loads and max(loads) <= 2
     await threads_cleaned(proxy, record, count=12)
 
 
