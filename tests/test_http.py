@@ -352,6 +352,28 @@ async def test_child_argv_and_env(start_proxy: StartProxy, tmp_path: Path) -> No
     assert submission["id"] == resp.headers["x-request-id"]
 
 
+@pytest.mark.parametrize("size", [10, 3_000, 300_000])
+async def test_the_whole_prompt_reaches_the_child(
+    start_proxy: StartProxy, tmp_path: Path, size: int
+) -> None:
+    """A submission that fits a fresh pipe is written before the turn starts, a longer one
+    while the turn runs (a pipe holds 64 KiB at most): either way the child reads all of it,
+    once, on one line."""
+    record = tmp_path / "record"
+    record.mkdir()
+    proxy = await start_proxy(child_env={"FAKE_CODEX_RECORD": str(record)})
+    prompt = "SCENARIO=normal " + "w" * size
+    async with proxy.client() as client:
+        resp = await client.post("/v1/chat/completions", json=chat_body(prompt), headers=AUTH)
+    assert resp.status_code == 200
+    assert resp.json()["choices"][0]["message"]["content"] == (
+        "Hello! This is a streamed answer from the fake upstream.")
+    await proxy.wait_idle()
+    (recorded,) = [json.loads(p.read_text()) for p in record.glob("*.json")]
+    (line,) = recorded["stdin_lines"]
+    assert json.loads(line)["op"]["items"][0]["text"] == "[user] " + prompt
+
+
 async def test_prompt_flattening_of_parts_and_roles(
     start_proxy: StartProxy, tmp_path: Path
 ) -> None:
