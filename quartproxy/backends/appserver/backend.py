@@ -189,14 +189,15 @@ class AppServerBackend:
     def _room(self, worker: Worker) -> None:
         """A turn of ``worker`` ended or one of its threads was deleted (twice per turn).
 
-        That is room for one turn, so it wakes one waiting request, the longest waiting: waking
-        them all had each re-check and re-arm its wait, which at 64 in flight cost more CPU
-        than the turns themselves. Only room on a worker that takes turns counts: a recycled
-        worker's old process ending its last turns wakes nobody."""
+        When that leaves room for a turn, it wakes one waiting request, the longest waiting:
+        waking them all had each re-check and re-arm its wait, which at 64 in flight cost more
+        CPU than the turns themselves. A turn whose thread still waits for deletion leaves no
+        room yet (its deletion will), and a recycled worker's old process ending its last
+        turns wakes nobody."""
         self.ready_count.value = sum(
             1 for each in self.slots if each is not None and each.accepting
         )  # a crashed worker ends its turns before its slot is cleared: count it out now
-        if worker.accepting:
+        if worker.accepting and worker.load < self.settings.worker_max_turns:
             self._queue.unpark(count=1)
 
     def _recycle(self, worker: Worker) -> None:
