@@ -107,7 +107,6 @@ class ThreadRoute:
         self.tool_thread = tool_thread
         self.cap_bytes = cap_bytes
         self.probe_after_s = probe_after_s  # silence after which codex is asked (0 = never)
-        self.probes = 0
         self.diagnostics = TurnDiagnostics(worker=worker.name, thread_id=thread_id)
         self.end: End | None = None
         self.peak_bytes = 0
@@ -189,7 +188,6 @@ class ThreadRoute:
         translator = self.translator
         if translator.finished or not translator.started:
             return []
-        self.probes += 1
         try:
             result = await self.worker.call("thread/read", {"threadId": self.thread_id},
                                             health=False)
