@@ -172,10 +172,6 @@ class Settings(BaseSettings):
         "WORKER_RPC_TIMEOUT_MS", default=10_000, gt=0,
         description="app-server: timeout of every other JSON-RPC call",
     )
-    worker_stall_probe_ms: int = _env(
-        "WORKER_STALL_PROBE_MS", default=5_000, ge=0,
-        description="app-server: ask codex whether a turn silent this long still runs (0 = never)",
-    )
     worker_backoff_initial_ms: int = _env(
         "WORKER_BACKOFF_INITIAL_MS", default=500, gt=0,
         description="app-server: first restart delay after a worker died (doubles)",

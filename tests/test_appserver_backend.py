@@ -323,50 +323,6 @@ async def test_requests_queued_at_a_full_worker_all_get_their_turn(
     await threads_cleaned(proxy, record, count=12)
 
 
-@pytest.mark.parametrize("stream", [False, True])
-async def test_a_turn_codex_never_completes_ends_when_its_thread_is_idle(
-    start_proxy: StartProxy, tmp_path: Path, stream: bool
-) -> None:
-    """codex 0.120.0 was seen to stream a whole answer and its usage and then never send
-    turn/completed. A turn silent for WORKER_STALL_PROBE_MS is looked at with thread/read: the
-    thread is idle, so the answer is complete — no waiting for the idle deadline."""
-    proxy, record = await app_proxy(start_proxy, tmp_path, workers=1,
-                                    worker_stall_probe_ms=200, proto_idle_ms=600_000,
-                                    stream_idle_timeout_ms=600_000)
-    with trio.fail_after(60):  # without the probe: the idle deadline, ten minutes away
-        async with proxy.client() as client:
-            if stream:
-                _, raw = await read_stream(client, "/v1/chat/completions",
-                                           stream_body("SCENARIO=lost_completion"))
-                text, finish, usage = checked(raw)
-            else:
-                resp = await client.post("/v1/chat/completions", headers=AUTH,
-                                         json=chat_body("SCENARIO=lost_completion"))
-                assert resp.status_code == 200, resp.text
-                body = resp.json()
-                text = body["choices"][0]["message"]["content"]
-                finish, usage = body["choices"][0]["finish_reason"], body["usage"]
-    assert (text, finish) == (NORMAL_TEXT, "stop")
-    assert usage == NORMAL_USAGE
-    assert record.calls("thread/read")
-    await threads_cleaned(proxy, record, count=1)
-
-
-async def test_a_silent_turn_that_still_runs_is_left_to_run(
-    start_proxy: StartProxy, tmp_path: Path
-) -> None:
-    """Probed while codex is still working (the thread reads as active), a turn goes on to its
-    own end: the probe never cuts an answer short."""
-    proxy, record = await app_proxy(start_proxy, tmp_path, workers=1, worker_stall_probe_ms=100)
-    with trio.fail_after(60):
-        async with proxy.client() as client:
-            _, raw = await read_stream(client, "/v1/chat/completions",
-                                       stream_body("SCENARIO=paced DELTAS=3 DELAY_MS=700"))
-    assert checked(raw)[:2] == ("w0 w1 w2", "stop")
-    assert len(record.calls("thread/read")) >= 2  # asked while the words were 700 ms apart
-    await threads_cleaned(proxy, record, count=1)
-
-
 async def test_a_stalled_client_stalls_nobody_else(start_proxy: StartProxy, tmp_path: Path) -> None:
     """One worker; a client that stops reading a huge stream. Others on the same worker are
     answered meanwhile; the stalled turn's buffer passes its cap and that turn alone is cut."""

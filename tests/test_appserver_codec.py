@@ -887,29 +887,3 @@ def test_server_requests_in_captures(scenario: str) -> None:
             else:
                 assert req.method == "item/commandExecution/requestApproval"
                 assert answer == encode_result(req.id, {"decision": "decline"})
-
-
-@pytest.mark.parametrize(("status", "expected"), [
-    ({"type": "active", "activeFlags": []}, []),
-    ({"type": "idle"}, [TaskComplete(None)]),
-    ({"type": "systemError"}, [TurnAborted("systemError")]),
-    (None, [TurnAborted("unknown")]),
-])
-def test_a_silent_turn_is_judged_by_its_thread_status(status: Any, expected: list[Event]) -> None:
-    """Rule 10: codex was seen to finish a turn without turn/completed. A thread that reads as
-    idle has no turn running: the turn completes; one still active is left alone; any other
-    status aborts it. Once decided, nothing more comes out; before turn/started nothing is
-    judged."""
-    translator = TurnTranslator()
-    translator.turn_id = "turn-1"  # from the turn/start result
-    # Before turn/started an accepted turn may still wait to start: the status says nothing.
-    assert translator.thread_status({"type": "idle"}) == []
-    assert translator.feed(Notification("turn/started", {
-        "threadId": "t", "turn": {"id": "turn-1", "status": "inProgress"}})) == [
-        Other("turn/started")]
-    assert translator.thread_status(status) == expected
-    assert translator.finished is bool(expected)
-    if expected:
-        assert translator.thread_status({"type": "idle"}) == []
-        assert translator.feed(Notification("turn/completed", {
-            "threadId": "t", "turn": {"id": "turn-1", "status": "completed"}})) == []

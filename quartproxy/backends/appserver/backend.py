@@ -372,7 +372,6 @@ class AppServerBackend:
             route = ThreadRoute(
                 worker=worker, thread_id=thread_id, translator=translator,
                 tool_thread=plan.tool_thread, cap_bytes=settings.turn_buffer_bytes,
-                probe_after_s=settings.worker_stall_probe_ms / 1000,
             )
             route.diagnostics.extra["req_id"] = request.request_id
             worker.routes[thread_id] = route

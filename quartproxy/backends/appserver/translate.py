@@ -37,14 +37,6 @@ Rules:
 9. Anything else under ``item/`` or ``turn/`` is turn activity (:class:`Other`, which resets idle
    timers and changes nothing else); everything else is bookkeeping and produces nothing.
 
-10. A turn silent for a while is looked at with ``thread/read`` (the owner does the asking),
-    once its ``turn/started`` has come: a thread whose status is then ``idle`` has no turn
-    running, so a turn that never got its ``turn/completed`` is over and completes
-    (:class:`TaskComplete`); any status other than ``active`` or ``idle`` aborts it
-    (:class:`TurnAborted`). codex 0.120.0 was seen, under load, to stream a whole answer and its
-    usage and then never send ``turn/completed``. Before ``turn/started`` the status says
-    nothing: codex 0.169.0 reads a thread as ``idle`` while its accepted turn waits to start.
-
 The turn id comes from the ``turn/start`` result; the owner sets :attr:`TurnTranslator.turn_id`.
 If it has not yet when ``turn/started`` arrives, the id is taken from there. Until a turn id is
 known no tool call is collected, since nothing could tell it from an echo of the history.
@@ -149,7 +141,6 @@ class TurnTranslator:
         "duplicate_v1",
         "finished",
         "injected_call_ids",
-        "started",
         "turn_id",
     )
 
@@ -163,7 +154,6 @@ class TurnTranslator:
         self.injected_call_ids = injected_call_ids
         self.duplicate_v1 = duplicate_v1
         self.turn_id: str | None = None
-        self.started = False  # turn/started seen: codex runs the turn (rule 10)
         self.finished = False
         self._failed = False  # an `error` without retry was translated
         self._calls: set[str] = set()  # call ids already collected
@@ -203,25 +193,11 @@ class TurnTranslator:
             if not self._this_turn(params):
                 return []
             return [ResponseDone(counts_of(params.get("usage")))]
-        if method == "turn/started":
-            self.started = True
-            if self.turn_id is None:
-                self.turn_id = _str(_dict(params.get("turn")).get("id"))
+        if method == "turn/started" and self.turn_id is None:
+            self.turn_id = _str(_dict(params.get("turn")).get("id"))
         if method.startswith(("item/", "turn/")):
             return [Other(method)]
         return []
-
-    def thread_status(self, status: Any) -> list[Event]:
-        """What a ``thread/read`` status says of a turn that went silent (rule 10)."""
-        if self.finished or not self.started:
-            return []
-        kind = _str(_dict(status).get("type"))
-        if kind == "active":
-            return []
-        self.finished = True
-        if kind == "idle":
-            return [TaskComplete(None)]
-        return [TurnAborted(kind or "unknown")]
 
     # ------------------------------------------------------------------------------ helpers
 

@@ -99,14 +99,12 @@ class ThreadRoute:
         translator: TurnTranslator,
         tool_thread: bool,
         cap_bytes: int,
-        probe_after_s: float = 0.0,
     ) -> None:
         self.worker = worker
         self.thread_id = thread_id
         self.translator = translator
         self.tool_thread = tool_thread
         self.cap_bytes = cap_bytes
-        self.probe_after_s = probe_after_s  # silence after which codex is asked (0 = never)
         self.diagnostics = TurnDiagnostics(worker=worker.name, thread_id=thread_id)
         self.end: End | None = None
         self.peak_bytes = 0
@@ -167,45 +165,7 @@ class ThreadRoute:
             if self._closed:
                 raise StopAsyncIteration
             self._wake = trio.Event()
-            if self.probe_after_s <= 0:
-                await self._wake.wait()
-                continue
-            with trio.move_on_after(self.probe_after_s):
-                await self._wake.wait()
-                continue
-            events = await self._probe()
-            if events:
-                return events
-
-    async def _probe(self) -> list[Event]:
-        """The turn has been silent for ``probe_after_s``: ask codex whether it still runs.
-
-        codex 0.120.0 was seen, under load, to stream a whole answer and its usage and then
-        never send ``turn/completed``; the request would have waited for its idle deadline. What
-        the thread's status means is the translator's rule; this only asks. Lines codex wrote
-        before its answer are routed before the answer is, so anything queued meanwhile is read
-        first and the status is not used."""
-        translator = self.translator
-        if translator.finished or not translator.started:
-            return []
-        try:
-            result = await self.worker.call("thread/read", {"threadId": self.thread_id},
-                                            health=False)
-        except (RpcFailed, RpcTimeout, WorkerGone) as exc:
-            log.debug("worker %s: thread/read of %s: %s", self.worker.name, self.thread_id, exc)
-            return []
-        if self._queue or self._closed:
-            return []
-        thread = result.get("thread") if isinstance(result, dict) else None
-        events = translator.thread_status(thread.get("status") if isinstance(thread, dict)
-                                          else None)
-        if events:
-            log.warning(
-                "worker %s: thread %s is no longer running but codex sent no turn/completed: "
-                "the turn ends here", self.worker.name, self.thread_id,
-                extra={"req_id": self.diagnostics.extra.get("req_id")},
-            )
-        return events
+            await self._wake.wait()
 
 
 class Worker:
